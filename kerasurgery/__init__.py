@@ -18,6 +18,8 @@ from kerasurgery.errors import (
     TransformError,
 )
 from kerasurgery.graph import Ref, Slot, check_graph, to_graph, to_model
+from kerasurgery import layers
+from kerasurgery.transforms import expose, insert_taps, probe_pair, split_activations
 
 __version__ = "0.1.0"
 
@@ -31,6 +33,11 @@ __all__ = [
     "Slot",
     "TransformError",
     "check_graph",
+    "expose",
+    "insert_taps",
+    "layers",
+    "probe_pair",
+    "split_activations",
     "points",
     "to_graph",
     "to_model",

@@ -639,4 +639,9 @@ def to_model(graph: nx.DiGraph, *, name: str | None = None) -> keras.Model:
         tensors[key] = call_node(graph, key, tensors)
     inputs = map_structure(lambda k: tensors[k][0], graph.graph["inputs"])
     outputs = map_structure(lambda r: tensors[r.node][r.index], graph.graph["outputs"], leaf=_is_ref_leaf)
-    return keras.Model(inputs, outputs, name=name or graph.graph.get("name"))
+    model = keras.Model(inputs, outputs, name=name or graph.graph.get("name"))
+    for src, dst in graph.graph.get("pending_weights", ()):
+        from kerasurgery.edit import copy_weights
+
+        copy_weights(src, dst)
+    return model

@@ -49,7 +49,7 @@ ACTIVATION_LAYERS: tuple[type, ...] = (
 #: ``return_attention_scores=True``.
 ATTENTION_LAYERS: tuple[type, ...] = (
     keras.layers.MultiHeadAttention,
-    keras.layers.GroupedQueryAttention,
+    keras.layers.GroupQueryAttention,
 )
 
 _LINEAR = keras.activations.linear

@@ -1,0 +1,111 @@
+"""kerasurgery's own layers, registered for `.keras` serialization.
+
+- `Tap`: an identity layer with a stable name, marking a point of interest.
+- `PreActivation`: calls a layer that has a fused activation with that
+  activation replaced by the identity, sharing the layer's variables.
+
+Both are registered under the package name ``kerasurgery``; importing
+`kerasurgery` is enough for `keras.saving.load_model` to find them.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import keras
+
+_SWAP_LOCK = threading.RLock()
+
+
+@keras.saving.register_keras_serializable(package="kerasurgery")
+class Tap(keras.layers.Layer):
+    """Identity layer that marks a point (a "hook point").
+
+    Example:
+        >>> import keras, numpy as np, kerasurgery as ks
+        >>> x = keras.Input((3,))
+        >>> y = ks.layers.Tap(name="probe_here")(x)
+        >>> np.asarray(keras.Model(x, y)(np.ones((1, 3)))).tolist()
+        [[1.0, 1.0, 1.0]]
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="kerasurgery")
+class PreActivation(keras.layers.Layer):
+    """The value of `layer` before its fused activation, with `layer`'s variables.
+
+    ``PreActivation(dense)(x)`` equals ``x @ dense.kernel + dense.bias`` for a
+    Dense layer, whatever ``dense.activation`` is. The wrapped layer is not
+    copied: its variables are this layer's variables, so training either moves
+    both. During the call the wrapped layer's ``activation`` attribute is
+    swapped for the identity and restored right after (under a lock), which
+    is why only layers that apply ``self.activation`` as the last step of
+    ``call`` are accepted (see `kerasurgery.kinds.SEPARABLE_LAYERS`).
+
+    Args:
+        layer: a built layer with a separable fused activation.
+
+    Example:
+        >>> import keras, numpy as np, kerasurgery as ks
+        >>> dense = keras.layers.Dense(2, activation="relu")
+        >>> x = np.array([[1.0, -1.0]], "float32")
+        >>> _ = dense(x)
+        >>> pre = ks.layers.PreActivation(dense)(x)
+        >>> bool(np.allclose(pre, x @ dense.kernel.numpy() + dense.bias.numpy()))
+        True
+    """
+
+    def __init__(self, layer: keras.layers.Layer, **kwargs):
+        from kerasurgery import kinds
+
+        if not isinstance(layer, kinds.SEPARABLE_LAYERS):
+            from kerasurgery.errors import TransformError
+
+            raise TransformError(
+                "Expected a layer whose activation is applied last in call() "
+                f"({', '.join(c.__name__ for c in kinds.SEPARABLE_LAYERS)}). "
+                f"Received: {layer!r}."
+            )
+        kwargs.setdefault("dtype", layer.dtype_policy)
+        super().__init__(**kwargs)
+        self.layer = layer
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self.built = True
+
+    def call(self, inputs):
+        layer = self.layer
+        with _SWAP_LOCK:
+            saved = layer.__dict__["activation"]
+            object.__setattr__(layer, "activation", keras.activations.linear)
+            try:
+                return layer.call(inputs)
+            finally:
+                object.__setattr__(layer, "activation", saved)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config["layer"] = keras.saving.serialize_keras_object(self.layer)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> PreActivation:
+        config = dict(config)
+        layer = keras.saving.deserialize_keras_object(config.pop("layer"))
+        return cls(layer, **config)
