@@ -4,10 +4,21 @@ The model is read into a networkx DAG (`to_graph`), rewritten by pure graph
 passes, and rebuilt as a new Keras model (`to_model`). Addresses
 (``dense_1:pre``, ``encoder/conv@1``, ``mha:scores``) name every point;
 `points` lists them.
+
+Example:
+    >>> import keras, kerasurgery as ks
+    >>> x = keras.Input((4,), name="x")
+    >>> model = keras.Model(x, keras.layers.Dense(3, activation="softmax", name="head")(x))
+    >>> ks.points(model)
+    ['x', 'head:pre', 'head']
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
+from kerasurgery import layers  # registers the serializable layers
 from kerasurgery.address import points
 from kerasurgery.errors import (
     AddressError,
@@ -18,12 +29,36 @@ from kerasurgery.errors import (
     TransformError,
 )
 from kerasurgery.graph import Ref, Slot, check_graph, to_graph, to_model
-from kerasurgery import layers
 from kerasurgery.transforms import expose, insert_taps, probe_pair, split_activations
 
 __version__ = "0.1.0"
 
+# Imported on first use: they pull in h5py or matplotlib, or are large.
+_LAZY = {
+    "collect": ("kerasurgery.collect", "collect"),
+    "calibrate": ("kerasurgery.stats", "calibrate"),
+    "ActivationRecorder": ("kerasurgery.callbacks", "ActivationRecorder"),
+    "compare": ("kerasurgery.compare", "compare"),
+    "plot": ("kerasurgery.plot", None),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module_name, attr = _LAZY[name]
+        module = importlib.import_module(module_name)
+        value = module if attr is None else getattr(module, attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kerasurgery' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
+    "ActivationRecorder",
     "AddressError",
     "DataError",
     "GraphError",
@@ -32,13 +67,17 @@ __all__ = [
     "Ref",
     "Slot",
     "TransformError",
+    "calibrate",
     "check_graph",
+    "collect",
+    "compare",
     "expose",
     "insert_taps",
     "layers",
+    "plot",
+    "points",
     "probe_pair",
     "split_activations",
-    "points",
     "to_graph",
     "to_model",
 ]

@@ -109,3 +109,57 @@ class PreActivation(keras.layers.Layer):
         config = dict(config)
         layer = keras.saving.deserialize_keras_object(config.pop("layer"))
         return cls(layer, **config)
+
+
+@keras.saving.register_keras_serializable(package="kerasurgery")
+class AttentionScores(keras.layers.Layer):
+    """Calls an attention layer with ``return_attention_scores=True``.
+
+    Returns ``(output, scores)`` from the wrapped MultiHeadAttention or
+    GroupQueryAttention layer, whose variables it shares. A wrapper is needed
+    because a Keras functional model expects every call of one layer to return
+    the same number of tensors as its first call.
+
+    Args:
+        layer: a MultiHeadAttention or GroupQueryAttention layer.
+
+    Example:
+        >>> import keras, numpy as np, kerasurgery as ks
+        >>> mha = keras.layers.MultiHeadAttention(num_heads=2, key_dim=2)
+        >>> x = np.ones((1, 3, 4), "float32")
+        >>> out, scores = ks.layers.AttentionScores(mha)(x, x)
+        >>> tuple(scores.shape)
+        (1, 2, 3, 3)
+    """
+
+    def __init__(self, layer: keras.layers.Layer, **kwargs):
+        from kerasurgery import kinds
+
+        if not kinds.is_attention_layer(layer):
+            from kerasurgery.errors import TransformError
+
+            raise TransformError(
+                f"Expected a MultiHeadAttention or GroupQueryAttention layer. Received: {layer!r}."
+            )
+        kwargs.setdefault("dtype", layer.dtype_policy)
+        super().__init__(**kwargs)
+        self.layer = layer
+
+    def call(self, query, value, key=None, training=None, **kwargs):
+        kwargs.pop("return_attention_scores", None)
+        return self.layer(query, value, key=key, training=training, return_attention_scores=True, **kwargs)
+
+    def compute_output_spec(self, query, value, key=None, training=None, **kwargs):
+        kwargs.pop("return_attention_scores", None)
+        return self.layer.compute_output_spec(query, value, key=key, return_attention_scores=True, **kwargs)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config["layer"] = keras.saving.serialize_keras_object(self.layer)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> AttentionScores:
+        config = dict(config)
+        layer = keras.saving.deserialize_keras_object(config.pop("layer"))
+        return cls(layer, **config)

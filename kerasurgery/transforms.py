@@ -24,7 +24,7 @@ from kerasurgery.address import Point, Resolver, Selector, _close, parse
 from kerasurgery.edit import Names, add_call, clone_op, input_feed, new_key, redirect
 from kerasurgery.errors import AddressError, TransformError
 from kerasurgery.graph import Ref, Slot, flatten_structure, output_refs, to_graph, to_model
-from kerasurgery.layers import PreActivation, Tap
+from kerasurgery.layers import AttentionScores, PreActivation, Tap
 
 # ---------------------------------------------------------------------------
 # shared building blocks
@@ -49,6 +49,21 @@ class _PreSplitter:
         if key not in self.done:
             self.done[key] = self._split(key)
         return Ref(self.done[key], 0)
+
+    def enable_scores(self, key: str) -> None:
+        """Make call site `key` return (output, scores) through `AttentionScores`."""
+        data = self.graph.nodes[key]
+        op = data["op"]
+        if isinstance(op, AttentionScores):
+            return
+        if id(op) not in self.ops:
+            self.ops[id(op)] = (AttentionScores(op, name=self.names.make(f"{op.name}_scores")), None)
+        kwargs = {k: v for k, v in data.get("kwargs", {}).items() if k != "return_attention_scores"}
+        data.update(
+            op=self.ops[id(op)][0], class_name="AttentionScores", kwargs=kwargs,
+            output_shapes=list(data.get("output_shapes", [None]))[:1] + [None],
+            output_dtypes=list(data.get("output_dtypes", [None]))[:1] + [None],
+        )
 
     def _split(self, key: str) -> str:
         g = self.graph
@@ -88,12 +103,8 @@ def _tensor_of(graph: nx.DiGraph, point: Point, splitter: _PreSplitter) -> Ref:
             return Ref(parent, index)
         return splitter.pre_ref(point.node)
     # scores
-    kwargs = data.get("kwargs", {})
-    if not kwargs.get("return_attention_scores", False):
-        graph.nodes[point.node]["kwargs"] = {**kwargs, "return_attention_scores": True}
-        shapes = list(data.get("output_shapes", [None]))
-        graph.nodes[point.node]["output_shapes"] = shapes[:1] + [None]
-        graph.nodes[point.node]["output_dtypes"] = list(data.get("output_dtypes", [None]))[:1] + [None]
+    if not data.get("kwargs", {}).get("return_attention_scores", False):
+        splitter.enable_scores(point.node)
     return Ref(point.node, 1)
 
 
