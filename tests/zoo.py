@@ -237,3 +237,32 @@ def assert_roundtrip(model, data, tmp_path, name="model"):
     loaded = keras.saving.load_model(path)
     assert_same_outputs(model, loaded, data, atol=1e-6)
     return loaded
+
+
+def eager_values(model, data):
+    """Reference values of every node, by calling each operation eagerly.
+
+    An interpreter over `to_graph(model)` that never builds a Keras model:
+    an independent path to compare `expose`/`collect` results with.
+    Returns ``{node key: [np.ndarray per output]}``.
+    """
+    import kerasurgery as ks
+    from kerasurgery.graph import fill, flatten_structure, topological_order
+
+    graph = ks.to_graph(model)
+    flat_inputs = keras.tree.flatten(data)
+    keys = flatten_structure(graph.graph["inputs"])
+    if isinstance(data, dict):
+        flat_inputs = [data[k] for k in keys]
+    values = {k: [keras.ops.convert_to_tensor(v)] for k, v in zip(keys, flat_inputs)}
+    for key in topological_order(graph):
+        node = graph.nodes[key]
+        if node["kind"] == "input":
+            continue
+        slots = {}
+        for parent, _, edge in graph.in_edges(key, data=True):
+            for index, slot in edge["feeds"]:
+                slots[slot] = values[parent][index]
+        out = node["op"](*fill(node["args"], slots), **fill(node["kwargs"], slots))
+        values[key] = keras.tree.flatten(out)
+    return {k: [np.asarray(v) for v in vs] for k, vs in values.items()}

@@ -1,0 +1,341 @@
+"""expose, split_activations, insert_taps, probe_pair, compare: over the zoo and by hand."""
+
+import keras
+import numpy as np
+import pytest
+
+import kerasurgery as ks
+from kerasurgery import kinds
+from kerasurgery.address import Resolver
+from kerasurgery.layers import Tap
+from zoo import (
+    ZOO,
+    assert_roundtrip,
+    assert_same_outputs,
+    assert_unchanged,
+    attention,
+    cnn_bn,
+    eager_values,
+    mlp,
+    nested_sequential,
+    sample_inputs,
+    shared,
+    snapshot,
+)
+
+
+def reference(model, data, values, address):
+    """The value of `address` computed from eager per-node values (no expose)."""
+    point = Resolver(ks.to_graph(model)).resolve_one(address)
+    graph = ks.to_graph(model)
+    node = graph.nodes[point.node]
+    if point.port is None:
+        return values[point.node][point.index]
+    if point.port == "scores":
+        return None  # checked separately against a direct call
+    parent = next(p for p, _, e in graph.in_edges(point.node, data=True) if any(s == "0" for _, s in e["feeds"]))
+    x = values[parent][0]
+    if kinds.is_activation_layer(node["op"]):
+        return x
+    return None  # fused :pre: checked via activation(pre) == output and by hand below
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_expose_every_point(name, tmp_path):
+    model = ZOO[name]()
+    data = sample_inputs(model)
+    before = snapshot(model)
+    everything = ks.points(model)
+    probe = ks.expose(model, everything)
+    got = {k: np.asarray(v) for k, v in probe(data, training=False).items()}
+    assert list(got) == everything or set(got) == set(everything)
+    values = eager_values(model, data)
+    graph = ks.to_graph(model)
+    for address in everything:
+        ref = reference(model, data, values, address)
+        if ref is not None:
+            np.testing.assert_allclose(got[address], ref, atol=1e-5, err_msg=address)
+        if address.endswith(":pre") and kinds.fused_activation(graph.nodes[address[:-4]]["op"]) is not None:
+            act = graph.nodes[address[:-4]]["op"].activation
+            np.testing.assert_allclose(np.asarray(act(got[address])), got[address[:-4]], atol=1e-5, err_msg=address)
+    # The probe shares every variable with the model.
+    assert {id(v) for v in probe.weights} <= {id(v) for v in model.weights}
+    assert_unchanged(model, before)
+    assert_roundtrip(probe, data, tmp_path)
+
+
+class TestExpose:
+    def test_dense_pre_is_x_w_plus_b(self):
+        model = mlp()
+        data = sample_inputs(model)
+        out = ks.expose(model, ["dense_1", "dense_2:pre", "predictions:pre", "predictions"]).predict(data, verbose=0)
+        w, b = model.get_layer("dense_2").get_weights()
+        np.testing.assert_allclose(out["dense_2:pre"], out["dense_1"] @ w + b, atol=1e-5)
+        np.testing.assert_allclose(out["predictions"], model.predict(data, verbose=0), atol=1e-6)
+
+    def test_conv_pre_is_conv_plus_bias(self):
+        model = cnn_bn()
+        data = sample_inputs(model)
+        out = ks.expose(model, ["conv:pre", "conv"]).predict(data, verbose=0)
+        conv = model.get_layer("conv")
+        ref = keras.ops.conv(data, conv.kernel, strides=1, padding="same") + conv.bias
+        np.testing.assert_allclose(out["conv:pre"], np.asarray(ref), atol=1e-4)
+        np.testing.assert_allclose(out["conv"], np.maximum(out["conv:pre"], 0), atol=1e-6)
+        assert (out["conv:pre"] < 0).any()  # a real pre-activation, not the relu output
+
+    def test_logits_fused_or_separate_softmax(self):
+        model = mlp()
+        data = sample_inputs(model)
+        logits = ks.expose(model, [f"{model.layers[-1].name}:pre"]).predict(data, verbose=0)["predictions:pre"]
+        split = ks.split_activations(model)
+        logits_split = ks.expose(split, [f"{split.layers[-1].name}:pre"]).predict(data, verbose=0)
+        np.testing.assert_allclose(logits, logits_split["predictions_activation:pre"], atol=1e-5)
+        probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+        np.testing.assert_allclose(probs, model.predict(data, verbose=0), atol=1e-5)
+
+    def test_keep_outputs_and_glob_keys(self):
+        model = mlp()
+        probe = ks.expose(model, ["dense_*"], keep_outputs=True)
+        assert sorted(probe.output) == ["dense_1", "dense_2", "predictions"]
+
+    def test_nested_and_shared_addresses(self):
+        """Keras fails here with 'not connected to inputs'; expose does not."""
+        from zoo import nested_functional
+
+        model = nested_functional()
+        data = sample_inputs(model)
+        inner = model.get_layer("encoder")
+        with pytest.raises(ValueError):
+            keras.Model(model.input, inner.get_layer("inner_dense").output)
+        out = ks.expose(model, ["encoder/inner_dense:pre", "encoder/inner_dense"]).predict(data, verbose=0)
+        w, b = inner.get_layer("inner_dense").get_weights()
+        np.testing.assert_allclose(out["encoder/inner_dense:pre"], data @ w + b, atol=1e-5)
+        np.testing.assert_allclose(out["encoder/inner_dense"], np.maximum(data @ w + b, 0), atol=1e-5)
+
+        model = shared()
+        data = sample_inputs(model)
+        out = ks.expose(model, ["shared@0", "shared@1:pre"]).predict(data, verbose=0)
+        w, b = model.get_layer("shared").get_weights()
+        np.testing.assert_allclose(out["shared@1:pre"], out["shared@0"] @ w + b, atol=1e-5)
+
+    def test_attention_scores(self):
+        model = attention()
+        data = sample_inputs(model)
+        out = ks.expose(model, ["embed", "mha:scores", "gqa:scores"]).predict(data, verbose=0)
+        assert out["mha:scores"].shape == (4, 2, 5, 5)
+        assert out["gqa:scores"].shape == (4, 2, 5, 5)
+        np.testing.assert_allclose(out["mha:scores"].sum(-1), 1.0, atol=1e-5)
+        mha = model.get_layer("mha")
+        _, ref = mha(out["embed"], out["embed"], attention_mask=data[1], return_attention_scores=True)
+        np.testing.assert_allclose(out["mha:scores"], np.asarray(ref), atol=1e-5)
+
+    def test_only_needed_part_is_computed(self):
+        model = cnn_bn()
+        probe = ks.expose(model, ["conv"])
+        assert [layer.name for layer in probe.layers] == ["image", "conv"]
+
+    def test_training_the_model_moves_the_probe(self):
+        model = mlp()
+        probe = ks.expose(model, ["dense_2:pre"])
+        data = sample_inputs(model, batch=16)
+        before = probe.predict(data, verbose=0)["dense_2:pre"]
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss="categorical_crossentropy")
+        model.fit(data, np.eye(3)[np.arange(16) % 3], epochs=2, verbose=0)
+        after = probe.predict(data, verbose=0)["dense_2:pre"]
+        assert np.abs(after - before).max() > 1e-3
+        h = ks.expose(model, ["dense_1"]).predict(data, verbose=0)["dense_1"]
+        w, b = model.get_layer("dense_2").get_weights()
+        np.testing.assert_allclose(after, h @ w + b, atol=1e-5)
+
+    @pytest.mark.parametrize(
+        "points, match",
+        [
+            (["dense_1:pre", "x:pre"], "'x' .* has no ':pre' port"),
+            (["dense_1:scores"], "not an attention layer"),
+            (["nothing_*"], "matches none"),
+            ([], "at least one"),
+            (["conv"], "names no layer"),
+        ],
+    )
+    def test_bad_points(self, points, match):
+        model = mlp()
+        before = snapshot(model)
+        with pytest.raises(ks.AddressError, match=match):
+            ks.expose(model, points)
+        assert_unchanged(model, before)
+
+    def test_pre_without_activation_names_points_that_have_one(self):
+        from zoo import branches
+
+        with pytest.raises(ks.AddressError, match="has no ':pre' port") as info:
+            ks.expose(branches(), ["out:pre"])
+        assert set(info.value.suggestions) <= {"a:pre", "b:pre"} and info.value.suggestions
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_split_activations_over_zoo(name, tmp_path):
+    model = ZOO[name]()
+    data = sample_inputs(model)
+    before = snapshot(model)
+    split = ks.split_activations(model)
+    assert_same_outputs(model, split, data)
+    assert_unchanged(model, before)
+    flat = list(split._flatten_layers(include_self=False))
+    assert not [layer.name for layer in flat if kinds.fused_activation(layer) is not None]
+    fused = {d["name"] for _, d in ks.to_graph(model).nodes(data=True) if d.get("activation")}
+    names = {layer.name for layer in flat}
+    assert {f"{n}_activation" for n in fused} <= names and fused <= names
+    assert not {id(v) for v in split.weights} & {id(v) for v in model.weights}
+    assert_roundtrip(split, data, tmp_path)
+
+
+class TestSplitActivations:
+    def test_keeps_names_and_weights(self):
+        model = mlp()
+        split = ks.split_activations(model)
+        assert [layer.name for layer in split.layers] == [
+            "x", "dense_1", "dense_1_activation", "dense_2", "dense_2_activation",
+            "predictions", "predictions_activation",
+        ]
+        for name in ("dense_1", "dense_2", "predictions"):
+            for a, b in zip(model.get_layer(name).get_weights(), split.get_layer(name).get_weights()):
+                np.testing.assert_array_equal(a, b)
+            assert split.get_layer(name).get_config()["activation"] == "linear"
+
+    def test_nested_sequential_keeps_every_activation(self):
+        """keras clone_model(call_function=..., recursive=True) drops these; we must not."""
+        model = nested_sequential()
+        data = sample_inputs(model)
+        split = ks.split_activations(model)
+        assert {"seq_dense_activation", "seq_out_activation", "head_activation"} <= {l.name for l in split.layers}
+        assert_same_outputs(model, split, data, atol=1e-6)
+
+    def test_selected_layers_by_name_and_glob(self):
+        model = mlp()
+        data = sample_inputs(model)
+        split = ks.split_activations(model, ["dense_*"])
+        names = [layer.name for layer in split.layers]
+        assert "dense_1_activation" in names and "predictions_activation" not in names
+        assert split.get_layer("predictions").get_config()["activation"] == "softmax"
+        assert_same_outputs(model, split, data)
+
+    def test_shared_layer_splits_every_call(self):
+        model = shared()
+        split = ks.split_activations(model, "shared")
+        assert_same_outputs(model, split, sample_inputs(model))
+        assert sum(1 for layer in split.layers if layer.name == "shared_activation") == 1
+
+    def test_unknown_layer(self):
+        with pytest.raises(ks.AddressError, match="matches none") as info:
+            ks.split_activations(mlp(), ["dense_3"])
+        assert "dense_1" in info.value.suggestions or "dense_2" in info.value.suggestions
+
+    def test_layer_with_nothing_to_split(self):
+        from zoo import branches
+
+        model = branches()
+        before = snapshot(model)
+        with pytest.raises(ks.TransformError, match="'concat' \\(Concatenate.*nothing to split"):
+            ks.split_activations(model, ["concat"])
+        assert_unchanged(model, before)
+
+    def test_split_pass_is_pure(self):
+        from kerasurgery.transforms import split_activations_pass
+
+        graph = ks.to_graph(mlp())
+        nodes, edges = list(graph.nodes(data=True)), list(graph.edges(data=True))
+        new = split_activations_pass(graph)
+        ks.check_graph(new)
+        assert list(graph.nodes(data=True)) == nodes and list(graph.edges(data=True)) == edges
+        assert "dense_1_activation" in new
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_insert_taps_over_zoo(name, tmp_path):
+    model = ZOO[name]()
+    data = sample_inputs(model)
+    before = snapshot(model)
+    wanted = [p for p in ks.points(model) if not p.endswith(":scores")]
+    tapped = ks.insert_taps(model, wanted)
+    assert_same_outputs(model, tapped, data)
+    taps = [layer for layer in tapped.layers if isinstance(layer, Tap)]
+    assert len(taps) == len(wanted)
+    assert {id(v) for v in tapped.weights} == {id(v) for v in model.weights}
+    assert_unchanged(model, before)
+    assert_roundtrip(tapped, data, tmp_path)
+
+
+class TestInsertTaps:
+    def test_taps_are_named_points_with_the_right_values(self):
+        model = mlp()
+        data = sample_inputs(model)
+        tapped = ks.insert_taps(model, ["dense_1", "dense_2:pre"])
+        assert {"dense_1_tap", "dense_2_pre_tap"} <= set(ks.points(tapped))
+        got = ks.expose(tapped, ["dense_1_tap", "dense_2_pre_tap"]).predict(data, verbose=0)
+        want = ks.expose(model, ["dense_1", "dense_2:pre"]).predict(data, verbose=0)
+        np.testing.assert_allclose(got["dense_1_tap"], want["dense_1"], atol=1e-6)
+        np.testing.assert_allclose(got["dense_2_pre_tap"], want["dense_2:pre"], atol=1e-6)
+
+    def test_activation_layer_pre_taps_only_that_edge(self):
+        model = cnn_bn()
+        tapped = ks.insert_taps(model, ["relu:pre"])
+        graph = ks.to_graph(tapped)
+        assert list(graph.successors("bn")) == ["relu_pre_tap"]
+        assert_same_outputs(model, tapped, sample_inputs(model))
+
+    def test_scores_refused(self):
+        with pytest.raises(ks.TransformError, match="use|Use"):
+            ks.insert_taps(attention(), ["mha:scores"])
+
+
+class TestProbePair:
+    def test_shared_with_model(self):
+        model = mlp()
+        training, checking = ks.probe_pair(model, ["dense_1:pre"])
+        ids = {id(v) for v in model.weights}
+        assert {id(v) for v in training.weights} == ids and {id(v) for v in checking.weights} <= ids
+
+    def test_copy_detaches_and_fit_moves_checking(self):
+        model = mlp()
+        before = snapshot(model)
+        training, checking = ks.probe_pair(model, ["dense_2:pre", "dense_1"], copy=True)
+        assert not {id(v) for v in training.weights} & {id(v) for v in model.weights}
+        assert {id(v) for v in checking.weights} <= {id(v) for v in training.weights}
+        data = sample_inputs(model, batch=16)
+        first = checking.predict(data, verbose=0)["dense_2:pre"]
+        training.compile(optimizer=keras.optimizers.SGD(0.5), loss="categorical_crossentropy")
+        training.train_on_batch(data, np.eye(3)[np.arange(16) % 3])
+        out = checking.predict(data, verbose=0)
+        assert np.abs(out["dense_2:pre"] - first).max() > 1e-4
+        w, b = training.get_layer("dense_2").get_weights()
+        np.testing.assert_allclose(out["dense_2:pre"], out["dense_1"] @ w + b, atol=1e-5)
+        assert_unchanged(model, before)
+
+    def test_bad_points_fail_before_copying(self):
+        with pytest.raises(ks.AddressError):
+            ks.probe_pair(mlp(), ["nope"], copy=True)
+
+
+class TestCompare:
+    def test_equal_and_different(self):
+        model = mlp()
+        data = sample_inputs(model, batch=8)
+        report = ks.compare(model, ks.split_activations(model), data)
+        assert report["predictions"]["max_abs"] < 1e-6 and report["predictions"]["shape"] == (8, 3)
+        other = ks.split_activations(model)
+        other.get_layer("dense_1").kernel.assign(other.get_layer("dense_1").kernel * 2.0)
+        assert ks.compare(model, other, data)["predictions"]["max_abs"] > 1e-4
+
+    def test_dict_outputs(self):
+        from zoo import multi_io
+
+        model = multi_io()
+        report = ks.compare(model, ks.to_model(ks.to_graph(model)), sample_inputs(model))
+        assert set(report) == {"cls", "reg"} and all(r["max_abs"] == 0 for r in report.values())
+
+    def test_mismatched_models(self):
+        with pytest.raises(ks.DataError, match="same outputs"):
+            from zoo import multi_io
+
+            ks.compare(multi_io(), ks.expose(multi_io(), ["cls", "reg", "cat"]), sample_inputs(multi_io()))
