@@ -304,46 +304,55 @@ def highlight_keys(graph: nx.DiGraph, selector: Any) -> set[str]:
     return {point.node for point in Resolver(graph).select(selector, what="highlight").values()}
 
 
-def write_graph(model_or_graph: Any, path: str | os.PathLike, **kwargs: Any) -> str:
+def write_graph(
+    model_or_graph: Any,
+    path: str | os.PathLike,
+    *,
+    highlight: Any = None,
+    title: str | None = None,
+    show_shapes: bool = True,
+    engine: str = "auto",
+) -> str:
     """Write a model's graph to a file whose suffix picks the format.
 
     ``.dot``/``.gv``: DOT text (`to_dot`); ``.graphml``: GraphML of `describe`;
     ``.json``: node-link JSON of `describe`; ``.svg``/``.png``/``.pdf``: a
-    drawing from `kerasurgery.plot.graph` (Graphviz when installed).
+    drawing (`kerasurgery.plot.save_graph`; Graphviz when installed).
 
     Args:
         model_or_graph: a model or a graph from `kerasurgery.to_graph`.
         path: the file to write.
-        **kwargs: passed to `to_dot` or `kerasurgery.plot.graph`: ``highlight``
-            (addresses or globs to mark), ``title``, ``show_shapes``, ...
+        highlight: addresses or globs of points to mark (DOT and drawings).
+        title: a title for DOT and drawings; default the model's name.
+        show_shapes: output shapes in the boxes (DOT and drawings).
+        engine: ``"auto"``, ``"graphviz"`` or ``"matplotlib"`` for drawings.
 
     Returns:
         The format written (the suffix without its dot).
 
     Raises:
         DataError: the suffix is not one of `GRAPH_FORMATS`.
-        AddressError: ``highlight`` names no point of the model.
+        AddressError: `highlight` names no point of the model.
     """
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in GRAPH_FORMATS:
         raise DataError(
             f"Expected a graph file name ending in one of {', '.join(GRAPH_FORMATS)}. "
-            f"Received: {path!r}. Pick the format by the suffix, e.g. 'model.svg'."
+            f"Received: {path!r}. The suffix picks the format, e.g. 'model.svg'."
         )
     graph = as_graph(model_or_graph)
+    keys = highlight_keys(graph, highlight)
     if suffix in (".dot", ".gv"):
-        keys = highlight_keys(graph, kwargs.pop("highlight", None))
         with open(path, "w", encoding="utf-8") as f:
-            f.write(to_dot(graph, highlight=keys, **kwargs))
+            f.write(to_dot(graph, highlight=keys, title=title, show_shapes=show_shapes))
     elif suffix == ".graphml":
         nx.write_graphml(describe(graph), path)
     elif suffix == ".json":
-        data = _node_link(describe(graph))
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
+            json.dump(_node_link(describe(graph)), f, indent=1)
     else:
         from kerasurgery import plot
 
-        plot.save_graph(graph, path, **kwargs)
+        plot.save_graph(graph, path, highlight=highlight, title=title, show_shapes=show_shapes, engine=engine)
     return suffix[1:]
