@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import logging
 import os
 import sys
 import warnings
@@ -344,14 +345,20 @@ def _one_line(error: BaseException, model: str | None = None) -> str:
 
 
 @contextlib.contextmanager
-def _warnings_as_lines(prog: str):
-    """Show warnings as one ``prog: warning: ...`` line each."""
+def _quiet(prog: str):
+    """Warnings as one ``prog: warning: ...`` line each; TensorFlow's log muted."""
     def show(message, category, filename, lineno, file=None, line=None):
         print(f"{prog}: warning: {_one_line(Warning(message))}", file=sys.stderr)
 
-    with warnings.catch_warnings():
-        warnings.showwarning = show
-        yield
+    tf_log = logging.getLogger("tensorflow")
+    level = tf_log.level
+    tf_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            yield
+    finally:
+        tf_log.setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -374,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     prog = f"kerasurgery {args.command}"
     try:
-        with _warnings_as_lines(prog):
+        with _quiet(prog):
             return args.func(args)
     except (KerasurgeryError, ValueError, OSError) as e:
         print(f"{prog}: error: {_one_line(e, getattr(args, 'model', None))}", file=sys.stderr)

@@ -158,7 +158,8 @@ def feature_maps(
     for ax, c, i in zip(axes, shown, range(len(shown))):
         kwargs = {"vmin": lo, "vmax": hi} if scale == "shared" else {}
         image = ax.imshow(maps[..., i], cmap=cmap, interpolation="nearest", **kwargs)
-        ax.set_title(str(c), fontsize=8, pad=2)
+        label = str(c) if scale == "shared" else f"{c}: max {float(np.nanmax(maps[..., i])):.2g}"
+        ax.set_title(label, fontsize=8, pad=2)
         ax.set_xticks([])
         ax.set_yticks([])
     if scale == "shared" and image is not None:
@@ -270,15 +271,16 @@ def histograms(
         raise DataError("Expected at least one point to draw. Received: empty `data`.")
     names = names[:max_points]
     fig, axes = _subplots(len(names), cell)
+    legend: dict[str, Any] = {}
     for ax, name in zip(axes, names):
         panel = _panel_data(name, data[name], bins)
         edges = panel["edges"]
         ax.stairs(panel["counts"], edges, fill=True, color="#4c72b0", alpha=0.85)
         for q, v in sorted(panel["percentiles"].items(), key=lambda kv: float(kv[0])):
-            ax.axvline(float(v), color="#dd8452", lw=0.8, ls=":")
+            legend["percentiles"] = ax.axvline(float(v), color="#dd8452", lw=0.9, ls=":")
         for v in (panel["min"], panel["max"]):
             if v is not None:
-                ax.axvline(float(v), color="#c44e52", lw=0.9, ls="--")
+                legend["min / max"] = ax.axvline(float(v), color="#c44e52", lw=0.9, ls="--")
         if log:
             ax.set_yscale("log")
         ax.set_title(name, fontsize=9)
@@ -286,6 +288,9 @@ def histograms(
         if lo is not None and hi is not None:
             ax.set_xlabel(f"range [{float(lo):.3g}, {float(hi):.3g}]", fontsize=8)
         ax.tick_params(labelsize=7)
+    if legend:
+        fig.legend(list(legend.values()), list(legend), loc="outside lower right", fontsize=8, ncols=2,
+                   frameon=False)
     if title:
         fig.suptitle(title)
     return fig
