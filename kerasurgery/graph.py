@@ -66,6 +66,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import gc
 import warnings
 from collections import defaultdict
 from typing import Any
@@ -627,6 +628,18 @@ def to_model(graph: nx.DiGraph, *, name: str | None = None) -> keras.Model:
         True
     """
     check_graph(graph)
+    # Building allocates many small objects; the cyclic GC's full passes then
+    # dominate and make large rebuilds superlinear. Pause it while building.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _build(graph, name)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _build(graph: nx.DiGraph, name: str | None) -> keras.Model:
     needed = _needed(graph)
     order = [k for k in topological_order(graph) if k in needed]
     _check_names(graph, [k for k in order] + input_keys(graph))
@@ -640,8 +653,10 @@ def to_model(graph: nx.DiGraph, *, name: str | None = None) -> keras.Model:
     inputs = map_structure(lambda k: tensors[k][0], graph.graph["inputs"])
     outputs = map_structure(lambda r: tensors[r.node][r.index], graph.graph["outputs"], leaf=_is_ref_leaf)
     model = keras.Model(inputs, outputs, name=name or graph.graph.get("name"))
-    for src, dst in graph.graph.get("pending_weights", ()):
-        from kerasurgery.edit import copy_weights
+    pending = graph.graph.get("pending_weights", ())
+    if pending:
+        from kerasurgery.edit import copy_weights  # edit imports this module
 
-        copy_weights(src, dst)
+        for src, dst in pending:
+            copy_weights(src, dst)
     return model
