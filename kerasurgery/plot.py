@@ -374,10 +374,8 @@ def attention(
         ax.set_title(f"head {h}", fontsize=9)
         _tick_labels(ax, "x", source_tokens, n_s)
         _tick_labels(ax, "y", tokens, n_t)
-        if source_tokens is None:
-            ax.set_xlabel("source position", fontsize=8)
-        if tokens is None:
-            ax.set_ylabel("target position", fontsize=8)
+        ax.set_xlabel("key (source)" if source_tokens is not None else "key (source) position", fontsize=8)
+        ax.set_ylabel("query (target)" if tokens is not None else "query (target) position", fontsize=8)
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight")
     if title:

@@ -1,0 +1,59 @@
+"""Feature maps of a CNN: one image per channel of a convolution's output.
+
+`expose` turns any layers (here two convolutions and the first one's
+pre-activation) into outputs of one probe model; `kerasurgery.plot.feature_maps`
+draws an (H, W, C) array as a grid of C images.
+
+Run: python examples/02_feature_maps.py [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+import keras
+import matplotlib.pyplot as plt
+
+import kerasurgery as ks
+from kerasurgery.demo import CLASSES, make_shapes
+
+
+def main(out: str) -> None:
+    x, y = make_shapes(600)  # noisy squares, circles and crosses, 32x32x1
+    inputs = keras.Input((32, 32, 1), name="image")
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_1")(inputs)
+    h = keras.layers.MaxPooling2D(name="pool_1")(h)
+    h = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv_2")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    outputs = keras.layers.Dense(3, activation="softmax", name="predictions")(h)
+    model = keras.Model(inputs, outputs, name="cnn")
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=3, verbose=0)
+
+    print("points:", ks.points(model))
+    probe = ks.expose(model, ["conv_1:pre", "conv_1", "conv_2"])
+    maps = probe.predict(x[:1], verbose=0)
+    for address, value in maps.items():
+        print(f"{address:10s} {value.shape}")
+        # shared colour scale: maps compare; per_map: each stretched to its own range
+        scale = "shared" if address.endswith(":pre") else "per_map"
+        fig = ks.plot.feature_maps(value[0], title=f"{address} ({CLASSES[y[0]]})", scale=scale)
+        path = os.path.join(out, address.replace(":", "_") + ".png")
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        print("wrote", path)
+
+    # Pick channels and cap the count for wide layers:
+    fig = ks.plot.feature_maps(maps["conv_2"][0], channels=[0, 2, 4, 6], title="conv_2, four channels")
+    fig.savefig(os.path.join(out, "conv_2_some.png"), dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
+    out = parser.parse_args().out or tempfile.mkdtemp(prefix="kerasurgery-")
+    os.makedirs(out, exist_ok=True)
+    main(out)

@@ -1,0 +1,61 @@
+"""Inner layers of a nested transfer-learning model, without "Graph disconnected".
+
+A transfer-learning model calls a pretrained base (here MobileNetV2, random
+weights so nothing is downloaded) as one layer. Keras cannot build a model from
+the outer input to a layer inside the base; kerasurgery addresses it as
+``mobilenetv2/block_13_expand_relu`` and builds the probe for you.
+
+Run: python examples/03_nested_transfer.py [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+import keras
+import numpy as np
+
+import kerasurgery as ks
+
+
+def main(out: str) -> None:
+    base = keras.applications.MobileNetV2(
+        input_shape=(64, 64, 3), include_top=False, weights=None, name="mobilenetv2"
+    )
+    base.trainable = False
+    inputs = keras.Input((64, 64, 3), name="image")
+    h = base(inputs, training=False)
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    outputs = keras.layers.Dense(5, activation="softmax", name="predictions")(h)
+    model = keras.Model(inputs, outputs, name="transfer")
+
+    # The Keras-native attempt fails: the inner tensor belongs to the base's own graph.
+    try:
+        keras.Model(model.input, base.get_layer("block_13_expand_relu").output)
+    except ValueError as e:
+        print("keras.Model(model.input, <inner tensor>) fails:", str(e).splitlines()[0][:90], "...")
+
+    print("some inner points:", ks.points(model, "mobilenetv2/block_13_*"))
+    probe = ks.expose(model, ["mobilenetv2/block_13_expand_relu", "mobilenetv2/block_13_expand_relu:pre",
+                              "predictions:pre"])
+    images = np.random.default_rng(0).random((2, 64, 64, 3), dtype="float32")
+    found = probe.predict(images, verbose=0)
+    for address, value in found.items():
+        print(f"{address:36s} {value.shape}")
+
+    # The probe shares the base's weights; it saves and loads like any model.
+    path = os.path.join(out, "probe.keras")
+    probe.save(path)
+    again = keras.saving.load_model(path)
+    same = np.allclose(again.predict(images, verbose=0)["predictions:pre"], found["predictions:pre"], atol=1e-5)
+    print("wrote", path, "| reloaded outputs equal:", same)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
+    out = parser.parse_args().out or tempfile.mkdtemp(prefix="kerasurgery-")
+    os.makedirs(out, exist_ok=True)
+    main(out)
