@@ -165,6 +165,14 @@ class TestExpose:
             ks.expose(model, points)
         assert_unchanged(model, before)
 
+    def test_points_of_a_different_model(self):
+        model = mlp()
+        before = snapshot(model)
+        with pytest.raises(ks.AddressError, match="names no layer") as info:
+            ks.expose(model, ks.points(cnn_bn(), "conv*"))
+        assert info.value.suggestions
+        assert_unchanged(model, before)
+
     def test_pre_without_activation_names_points_that_have_one(self):
         from zoo import branches
 

@@ -161,6 +161,43 @@ def recurrent():
     return keras.Model(x, y, name="recurrent")
 
 
+def sequential_input():
+    return keras.Sequential(
+        [keras.Input((4,), name="features"), layers.Dense(5, activation="relu", name="d1"),
+         layers.Dropout(0.2, name="drop"), layers.Dense(2, name="d2")],
+        name="seq_input",
+    )
+
+
+def masked():
+    tokens = keras.Input((7,), dtype="int32", name="tokens")
+    e = layers.Embedding(20, 6, mask_zero=True, name="embed")(tokens)
+    h = layers.LSTM(5, return_sequences=True, name="lstm")(e)
+    h = layers.BatchNormalization(name="bn")(h, training=False)
+    h = layers.GRU(4, name="gru")(h)
+    return keras.Model(tokens, layers.Dense(2, activation="softmax", name="out")(h), name="masked")
+
+
+class Backbone(keras.Model):
+    """A subclass of Functional with dict inputs, like keras_hub backbones."""
+
+    def __init__(self, hidden=6, **kwargs):
+        ids = keras.Input((5,), dtype="int32", name="token_ids")
+        padding = keras.Input((5,), dtype="int32", name="padding_mask")
+        h = layers.Embedding(11, hidden, name="token_embedding")(ids)
+        h = layers.Dense(hidden, activation="gelu", name="ffn")(h)
+        h = h * ops.expand_dims(ops.cast(padding, h.dtype), -1)
+        super().__init__(inputs={"token_ids": ids, "padding_mask": padding}, outputs=h, **kwargs)
+        self.hidden = hidden
+
+    def get_config(self):
+        return {"hidden": self.hidden, "name": self.name, "trainable": self.trainable}
+
+
+def backbone():
+    return Backbone(name="backbone")
+
+
 ZOO = {
     "mlp": mlp,
     "cnn_bn": cnn_bn,
@@ -176,6 +213,9 @@ ZOO = {
     "dropout": dropout,
     "sequential_built": sequential_built,
     "recurrent": recurrent,
+    "sequential_input": sequential_input,
+    "masked": masked,
+    "backbone": backbone,
 }
 
 # ---------------------------------------------------------------------------
@@ -186,6 +226,10 @@ def _sample(tensor, batch, rng):
     shape = [batch if i == 0 else (d or 4) for i, d in enumerate(tensor.shape)]
     if "bool" in str(tensor.dtype):
         return rng.random(shape) > 0.2
+    if "int" in str(tensor.dtype):
+        values = rng.integers(0, 10, shape).astype(str(tensor.dtype))
+        values[..., -2:] = 0  # padding, so masks matter
+        return values
     return rng.standard_normal(shape).astype("float32")
 
 
