@@ -193,7 +193,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
     model = _load(args)
     _output(args.output, (".h5", ".hdf5"), "an HDF5 file")
     data = _check_inputs(model, args.data, limit=args.limit)
-    result = ks.collect(
+    from kerasurgery.collect import collect
+
+    result = collect(
         model, data, args.points or None, batch_size=args.batch_size, training=args.training,
         path=args.output, progress=_progress(args), overwrite=args.overwrite,
     )
@@ -213,7 +215,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.histograms:
         _output(args.histograms, (".png", ".svg", ".pdf"), "an image file")
     data = _check_inputs(model, args.data, limit=args.limit)
-    stats = ks.calibrate(model, data, args.points or None, batch_size=args.batch_size, progress=_progress(args))
+    from kerasurgery.stats import calibrate
+
+    stats = calibrate(model, data, args.points or None, batch_size=args.batch_size, progress=_progress(args))
     table = {address: s.to_dict() for address, s in stats.items()}
     with open(args.output, "w", encoding="utf-8") as f:
         json.dump(table, f, indent=1, default=_jsonable)

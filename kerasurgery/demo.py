@@ -124,6 +124,9 @@ def run(out: str = "kerasurgery-demo", *, epochs: int = 4, seed: int = 0,
     import keras
 
     import kerasurgery as ks
+    from kerasurgery.collect import collect
+    from kerasurgery.compare import compare
+    from kerasurgery.stats import calibrate
 
     start = time.perf_counter()
     out = os.path.abspath(out)
@@ -154,7 +157,7 @@ def run(out: str = "kerasurgery-demo", *, epochs: int = 4, seed: int = 0,
     echo(f"   softmax(logits) equals the model's output: {same}")
 
     split = ks.split_activations(model)
-    diff = ks.compare(model, split, x_test)
+    diff = compare(model, split, x_test)
     echo("\n3. Split: split = ks.split_activations(model) keeps each layer's weights and adds "
          "an Activation layer after it:")
     echo(f"   {' -> '.join(layer.name for layer in split.layers)}")
@@ -162,12 +165,12 @@ def run(out: str = "kerasurgery-demo", *, epochs: int = 4, seed: int = 0,
 
     _probe_pair_step(ks, model, x_train, y_train, x_test, echo)
 
-    acts = ks.collect(model, x_test[:64], ["conv_1", "conv_2", "conv_3", "dense"], batch_size=32)
+    acts = collect(model, x_test[:64], ["conv_1", "conv_2", "conv_3", "dense"], batch_size=32)
     echo("\n5. Collect: acts = ks.collect(model, x[:64], ['conv_1', 'conv_2', 'conv_3', 'dense'])")
     for address, value in acts.items():
         echo(f"   {address:8s} {tuple(value.shape)}  mean {float(np.mean(value)):.3f}")
 
-    stats = ks.calibrate(model, x_test, "*:pre", batch_size=64)
+    stats = calibrate(model, x_test, "*:pre", batch_size=64)
     echo("\n6. Calibrate: stats = ks.calibrate(model, x, '*:pre') -> ranges for quantization")
     for address, s in stats.items():
         d = s.to_dict()
@@ -194,10 +197,12 @@ _CAPTIONS = {
 def _probe_pair_step(ks: Any, model: Any, x_train: Any, y_train: Any, x_test: Any, echo: Any) -> None:
     import keras
 
+    from kerasurgery.callbacks import ActivationRecorder
+
     before = [w.copy() for w in model.get_weights()]
     training, checking = ks.probe_pair(model, ["conv_2:pre", "dense"], copy=True)
     training.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
-    recorder = ks.ActivationRecorder(["conv_2:pre", "dense"], x_test[:32])
+    recorder = ActivationRecorder(["conv_2:pre", "dense"], x_test[:32])
     start = checking.predict(x_test[:32], verbose=0)["dense"].mean()
     training.fit(x_train, y_train, epochs=2, batch_size=32, verbose=0, callbacks=[recorder])
     end = checking.predict(x_test[:32], verbose=0)["dense"].mean()

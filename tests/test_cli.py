@@ -1,0 +1,349 @@
+"""The `kerasurgery` command: every subcommand on saved models, and every bad input.
+
+Commands run in-process through `kerasurgery.cli.main(argv)`; one class runs
+the installed console script in a subprocess. Bad input must give exit status
+2 and exactly one line on stderr, with no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import keras
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import zoo  # noqa: E402
+
+import kerasurgery as ks  # noqa: E402
+from kerasurgery.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Saved models and data files shared by the tests of this module."""
+    d = tmp_path_factory.mktemp("cli")
+    keras.utils.set_random_seed(0)
+    paths = {"dir": d}
+    for name in ("cnn_bn", "attention", "multi_io", "siamese"):
+        paths[name] = str(d / f"{name}.keras")
+        zoo.ZOO[name]().save(paths[name])
+    x = keras.Input((4,), name="x")
+    keras.Model(x, keras.layers.Lambda(lambda t: t * 2, name="double")(x), name="with_lambda").save(d / "lambda.keras")
+    paths["lambda"] = str(d / "lambda.keras")
+    rng = np.random.default_rng(0)
+    np.save(d / "images.npy", rng.random((12, 16, 16, 3), dtype="float32"))
+    np.save(d / "bad_shape.npy", rng.random((12, 16, 3), dtype="float32"))
+    np.savez(d / "multi.npz", a=rng.random((6, 4), dtype="float32"), b=rng.random((6, 3), dtype="float32"))
+    np.savez(d / "multi_missing.npz", a=rng.random((6, 4), dtype="float32"))
+    np.savez(d / "tokens.npz", tokens=rng.random((5, 5, 8), dtype="float32"), mask=np.ones((5, 5, 5), bool))
+    (d / "text.keras").write_text("this is not a model")
+    (d / "notes.txt").write_text("hello")
+    for name in ("images", "bad_shape", "multi", "multi_missing", "tokens", "text", "notes"):
+        suffix = {"images": ".npy", "bad_shape": ".npy", "text": ".keras", "notes": ".txt"}.get(name, ".npz")
+        paths[name] = str(d / f"{name}{suffix}")
+    return paths
+
+
+def run(capsys, *argv):
+    """(exit status, stdout, stderr) of `kerasurgery argv...` run in-process."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    plt.close("all")
+    return code, out, err
+
+
+def assert_one_line_error(code, err, match):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert lines[0].startswith("kerasurgery")
+    assert match in lines[0], lines[0]
+
+
+# ---------------------------------------------------------------------------
+# subcommands
+
+
+class TestHelp:
+    @pytest.mark.parametrize("command", ["demo", "inspect", "graph", "split", "expose", "collect", "calibrate"])
+    def test_every_subcommand_has_help(self, capsys, command):
+        code, out, _ = run(capsys, command, "--help")
+        assert code == 0
+        assert out.startswith(f"usage: kerasurgery {command}")
+
+    def test_top_level_help_lists_every_subcommand(self, capsys):
+        code, out, _ = run(capsys, "--help")
+        assert code == 0
+        for command in ("demo", "inspect", "graph", "split", "expose", "collect", "calibrate"):
+            assert f"    {command}" in out
+
+    def test_no_command_prints_help_and_fails(self, capsys):
+        code, out, _ = run(capsys)
+        assert code == 2 and "usage: kerasurgery" in out
+
+
+class TestInspect:
+    def test_table_lists_every_point(self, capsys, files):
+        code, out, err = run(capsys, "inspect", files["cnn_bn"])
+        assert code == 0 and err == ""
+        lines = out.splitlines()
+        assert lines[1].split() == ["address", "layer", "output", "shape", "activation", "params"]
+        rows = {line.split()[0]: line for line in lines[3:-1]}
+        assert list(rows) == ks.points(zoo.cnn_bn())
+        assert rows["conv"].split()[1:] == ["Conv2D", "(None,", "16,", "16,", "8)", "relu", "224"]
+        assert "before relu" in rows["conv:pre"]
+        assert lines[-1] == "16 point(s); 792 parameters (776 trainable)"
+
+    def test_pattern_and_json(self, capsys, files):
+        code, out, _ = run(capsys, "inspect", files["attention"], "--pattern", "*:scores", "--json")
+        assert code == 0
+        rows = json.loads(out)
+        assert [r["address"] for r in rows] == ["mha:scores", "gqa:scores"]
+        assert rows[0]["shape"] == "(None, 2, 5, 5)" and rows[0]["layer"] == "MultiHeadAttention"
+
+    def test_nested_call_sites(self, capsys, files):
+        code, out, _ = run(capsys, "inspect", files["siamese"], "--pattern", "encoder/*")
+        assert code == 0
+        assert [line.split()[0] for line in out.splitlines()[3:-1]] == ["encoder/proj@0", "encoder/proj@1"]
+
+
+class TestGraph:
+    @pytest.mark.parametrize("suffix", ["svg", "png", "dot", "graphml", "json"])
+    def test_every_format(self, capsys, files, tmp_path, suffix):
+        path = tmp_path / f"model.{suffix}"
+        code, out, err = run(capsys, "graph", files["cnn_bn"], "-o", path, "--highlight", "conv:pre",
+                             "--engine", "matplotlib")
+        assert code == 0, err
+        assert path.stat().st_size > 100
+        assert out.strip() == f"wrote the graph of 'cnn_bn' (10 nodes) as {suffix} to {path}"
+
+
+class TestSplit:
+    def test_split_writes_an_equal_model(self, capsys, files, tmp_path):
+        path = tmp_path / "split.keras"
+        code, out, err = run(capsys, "split", files["cnn_bn"], "-o", path)
+        assert code == 0, err
+        assert "conv_activation" in out and "max abs difference 0" in out
+        original, split = keras.saving.load_model(files["cnn_bn"]), keras.saving.load_model(path)
+        assert "conv_activation" in [layer.name for layer in split.layers]
+        data = np.load(files["images"])
+        zoo.assert_same_outputs(original, split, data)
+
+    def test_some_layers_checked_on_data(self, capsys, files, tmp_path):
+        path = tmp_path / "split.keras"
+        code, out, _ = run(capsys, "split", files["cnn_bn"], "-o", path, "--layers", "conv", "predictions",
+                           "--data", files["images"])
+        assert code == 0
+        assert "2 activation(s)" in out and "on --data" in out
+        names = [layer.name for layer in keras.saving.load_model(path).layers]
+        assert "predictions_activation" in names and "dw_activation" not in names
+
+
+class TestExpose:
+    def test_expose_writes_a_probe(self, capsys, files, tmp_path):
+        path = tmp_path / "probe.keras"
+        code, out, err = run(capsys, "expose", files["attention"], "mha:scores", "embed:pre", "-o", path,
+                             "--keep-outputs")
+        assert code == 0, err
+        assert "mha:scores   (None, 2, 5, 5)" in out
+        probe = keras.saving.load_model(path)
+        data = dict(np.load(files["tokens"]))
+        result = probe.predict([data["tokens"], data["mask"]], verbose=0)
+        assert set(result) == {"mha:scores", "embed:pre", "predictions"}
+        assert result["mha:scores"].shape == (5, 2, 5, 5)
+
+    def test_globs(self, capsys, files, tmp_path):
+        code, out, _ = run(capsys, "expose", files["cnn_bn"], "*:pre", "-o", tmp_path / "p.keras")
+        assert code == 0 and "with 6 output(s)" in out
+
+
+needs_collect = pytest.mark.skipif(
+    not os.path.exists(os.path.join(os.path.dirname(ks.__file__), "collect.py")),
+    reason="kerasurgery.collect not built yet",
+)
+needs_stats = pytest.mark.skipif(
+    not os.path.exists(os.path.join(os.path.dirname(ks.__file__), "stats.py")),
+    reason="kerasurgery.stats not built yet",
+)
+needs_callbacks = pytest.mark.skipif(
+    not os.path.exists(os.path.join(os.path.dirname(ks.__file__), "callbacks.py")),
+    reason="kerasurgery.callbacks not built yet",
+)
+
+
+@needs_collect
+class TestCollect:
+    def test_collect_to_hdf5(self, capsys, files, tmp_path):
+        path = tmp_path / "acts.h5"
+        code, out, err = run(capsys, "collect", files["cnn_bn"], "--data", files["images"], "--points", "conv",
+                             "dw:pre", "-o", path, "--quiet")
+        assert code == 0, err
+        assert "collected 2 point(s) over 12 sample(s)" in out
+        model = keras.saving.load_model(files["cnn_bn"])
+        expected = ks.expose(model, ["conv", "dw:pre"]).predict(np.load(files["images"]), verbose=0)
+        with h5py.File(path) as f:
+            for address in ("conv", "dw:pre"):
+                np.testing.assert_allclose(np.asarray(f[address]), expected[address], atol=1e-5)
+
+    def test_multi_input_npz_and_limit(self, capsys, files, tmp_path):
+        path = tmp_path / "acts.h5"
+        code, out, err = run(capsys, "collect", files["multi_io"], "--data", files["multi"], "--points", "cat",
+                             "-o", path, "--limit", "4", "--quiet")
+        assert code == 0, err
+        assert "over 4 sample(s)" in out
+
+
+@needs_stats
+class TestCalibrate:
+    def test_calibrate_to_json_and_histograms(self, capsys, files, tmp_path):
+        path, png = tmp_path / "ranges.json", tmp_path / "hist.png"
+        code, out, err = run(capsys, "calibrate", files["cnn_bn"], "--data", files["images"], "--points", "*:pre",
+                             "-o", path, "--histograms", png, "--quiet")
+        assert code == 0, err
+        ranges = json.loads(path.read_text())
+        assert list(ranges) == ks.points(zoo.cnn_bn(), "*:pre")
+        model = keras.saving.load_model(files["cnn_bn"])
+        conv = ks.expose(model, ["conv:pre"]).predict(np.load(files["images"]), verbose=0)["conv:pre"]
+        assert ranges["conv:pre"]["min"] == pytest.approx(conv.min(), abs=1e-5)
+        assert ranges["conv:pre"]["max"] == pytest.approx(conv.max(), abs=1e-5)
+        assert plt.imread(png).shape[0] > 100
+        assert "conv:pre" in out
+
+
+@needs_collect
+@needs_stats
+@needs_callbacks
+class TestDemo:
+    def test_demo_writes_real_pictures(self, capsys, tmp_path):
+        code, out, err = run(capsys, "demo", "--out", tmp_path / "demo")
+        assert code == 0, err
+        written = sorted(os.listdir(tmp_path / "demo"))
+        assert written == sorted(["inputs.png", "feature_maps_conv_1.png", "feature_maps_conv_2.png",
+                                  "histograms.png", "graph.png"])
+        for name in written:
+            image = plt.imread(tmp_path / "demo" / name)
+            assert min(image.shape[:2]) > 150 and image.std() > 0.01, name
+        for step in ("1. ", "2. Logits", "3. Split", "4. Probe pair", "5. Collect", "6. Calibrate", "7. Pictures"):
+            assert step in out
+        assert str(tmp_path / "demo") in out
+
+
+# ---------------------------------------------------------------------------
+# bad input: one line on stderr, exit status 2
+
+
+BAD = {
+    "missing model file": (["inspect", "{dir}/nope.keras"], "does not exist"),
+    "not a Keras file": (["inspect", "{text}"], "not a zip archive"),
+    "wrong model suffix": (["inspect", "{notes}"], "ending in .keras"),
+    "model is a directory": (["inspect", "{dir}"], "a directory"),
+    "Lambda refused in safe mode": (["inspect", "{lambda}"], "--unsafe"),
+    "unknown point": (["expose", "{cnn_bn}", "conv_9", "-o", "{dir}/p.keras"], "Closest valid addresses: 'conv'"),
+    "unknown point shows the CLI discovery call": (["expose", "{cnn_bn}", "conv_9", "-o", "{dir}/p.keras"],
+                                                   "kerasurgery inspect"),
+    "port the layer lacks": (["expose", "{cnn_bn}", "bn:pre", "-o", "{dir}/p.keras"], "has no ':pre' port"),
+    "glob matching nothing": (["inspect", "{cnn_bn}", "--pattern", "zz*"], "matches none"),
+    "split of a layer without activation": (["split", "{cnn_bn}", "-o", "{dir}/s.keras", "--layers", "bn"],
+                                            "nothing to split"),
+    "output model suffix": (["split", "{cnn_bn}", "-o", "{dir}/s.h5"], "ending in .keras"),
+    "output folder missing": (["expose", "{cnn_bn}", "conv", "-o", "{dir}/no/such/p.keras"], "does not exist"),
+    "graph suffix": (["graph", "{cnn_bn}", "-o", "{dir}/g.bmp"], ".svg"),
+    "missing required argument": (["graph", "{cnn_bn}"], "required: -o/--output"),
+    "unknown --import module": (["inspect", "{cnn_bn}", "--import", "no_such_module_xyz"], "no_such_module_xyz"),
+    "bad data shape for split check": (["split", "{cnn_bn}", "-o", "{dir}/s.keras", "--data", "{bad_shape}"],
+                                       "of shape (N, 16, 16, 3). Received: an array of shape (12, 16, 3)"),
+    "missing data file": (["split", "{cnn_bn}", "-o", "{dir}/s.keras", "--data", "{dir}/none.npy"],
+                          "does not exist"),
+    "npz lacking an input": (["split", "{multi_io}", "-o", "{dir}/s.keras", "--data", "{multi_missing}"],
+                             "missing ['b']"),
+    "single array for two inputs": (["split", "{multi_io}", "-o", "{dir}/s.keras", "--data", "{images}"],
+                                    "one array per model input"),
+    "data of wrong suffix": (["split", "{cnn_bn}", "-o", "{dir}/s.keras", "--data", "{notes}"], "ending in .npy"),
+}
+BAD_COLLECT = {
+    "collect: bad data shape": (["collect", "{cnn_bn}", "--data", "{bad_shape}", "-o", "{dir}/a.h5"],
+                                "Received: an array of shape (12, 16, 3)"),
+    "collect: unknown point": (["collect", "{cnn_bn}", "--data", "{images}", "--points", "convv", "-o",
+                                "{dir}/a.h5", "--quiet"], "'convv'"),
+    "collect: output suffix": (["collect", "{cnn_bn}", "--data", "{images}", "-o", "{dir}/a.npy"], ".h5"),
+    "collect: missing --data": (["collect", "{cnn_bn}", "-o", "{dir}/a.h5"], "--data"),
+}
+BAD_CALIBRATE = {
+    "calibrate: bad data shape": (["calibrate", "{cnn_bn}", "--data", "{bad_shape}", "-o", "{dir}/r.json"],
+                                  "Received: an array of shape (12, 16, 3)"),
+    "calibrate: unknown point": (["calibrate", "{cnn_bn}", "--data", "{images}", "--points", "nope:pre", "-o",
+                                  "{dir}/r.json", "--quiet"], "'nope:pre'"),
+    "calibrate: output suffix": (["calibrate", "{cnn_bn}", "--data", "{images}", "-o", "{dir}/r.txt"], ".json"),
+}
+
+
+def _argv(template, files):
+    return [part.format(**files) for part in template]
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input(capsys, files, case):
+    template, match = BAD[case]
+    code, _, err = run(capsys, *_argv(template, files))
+    assert_one_line_error(code, err, match)
+
+
+@needs_collect
+@pytest.mark.parametrize("case", list(BAD_COLLECT))
+def test_bad_input_collect(capsys, files, case):
+    template, match = BAD_COLLECT[case]
+    code, _, err = run(capsys, *_argv(template, files))
+    assert_one_line_error(code, err, match)
+
+
+@needs_stats
+@pytest.mark.parametrize("case", list(BAD_CALIBRATE))
+def test_bad_input_calibrate(capsys, files, case):
+    template, match = BAD_CALIBRATE[case]
+    code, _, err = run(capsys, *_argv(template, files))
+    assert_one_line_error(code, err, match)
+
+
+def test_unsafe_loads_a_lambda_model(capsys, files):
+    code, out, err = run(capsys, "inspect", files["lambda"], "--unsafe")
+    assert code == 0, err
+    assert "double" in out and "Lambda" in out
+
+
+# ---------------------------------------------------------------------------
+# the installed console script
+
+
+def _console_script():
+    found = shutil.which("kerasurgery", path=os.path.dirname(sys.executable))
+    if found is None:
+        pytest.skip("the kerasurgery console script is not installed (pip install -e .)")
+    return found
+
+
+class TestConsoleScript:
+    def test_runs_and_fails_cleanly(self, files):
+        script = _console_script()
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        ok = subprocess.run([script, "inspect", files["cnn_bn"], "--pattern", "*:pre"], capture_output=True,
+                            text=True, env=env, timeout=120)
+        assert ok.returncode == 0, ok.stderr
+        assert "predictions:pre" in ok.stdout
+        bad = subprocess.run([script, "inspect", files["lambda"]], capture_output=True, text=True, env=env,
+                             timeout=120)
+        assert bad.returncode == 2
+        assert "Traceback" not in bad.stderr
+        # TensorFlow may print a banner on import; our own output is the last line.
+        assert bad.stderr.strip().splitlines()[-1].startswith("kerasurgery inspect: error: Expected a model "
+                                                              "without Python code")
