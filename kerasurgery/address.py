@@ -128,6 +128,14 @@ def point_address(key: str, index: int | None = None, port: str | None = None) -
     return format_address(dataclasses.replace(base, index=index, port=port))
 
 
+def tap_name(address: str) -> str:
+    """The layer name of the tap for `address` (``base/conv:pre`` -> ``base.conv_pre_tap``)."""
+    a = parse(address)
+    parts = [".".join((*a.path, a.name))]
+    parts += [str(v) for v in (a.call, a.index, a.port) if v is not None]
+    return "_".join(parts) + "_tap"
+
+
 def is_glob(text: str) -> bool:
     """Whether `text` contains fnmatch wildcard characters."""
     return any(c in text for c in _GLOB_CHARS)
@@ -170,7 +178,7 @@ def list_points(graph: Any) -> list[str]:
     return result
 
 
-def _close(text: str, candidates: list[str], n: int = 5) -> list[str]:
+def close_matches(text: str, candidates: list[str], n: int = 5) -> list[str]:
     found = difflib.get_close_matches(text, candidates, n=n, cutoff=0.6)
     if found:
         return found
@@ -209,7 +217,7 @@ class Resolver:
                 f"Expected the address of a point of model '{self.model_name}'. "
                 f"Received: {text!r}, which names no layer or operation of it.",
                 address=text,
-                suggestions=_close(text, self.points()),
+                suggestions=close_matches(text, self.points()),
             )
         key = self._pick_site(text, address, sites)
         data = self.graph.nodes[key]
@@ -278,7 +286,7 @@ class Resolver:
                 f"'{key}' ({cls}) has no ':{address.port}' port: {why}. Its ports: {have}. "
                 f"Received: {text!r}.",
                 address=text,
-                suggestions=_close(text, nearby) or nearby[:5],
+                suggestions=close_matches(text, nearby) or nearby[:5],
             )
         return Point(key, address.index or 0, address.port)
 
@@ -348,7 +356,7 @@ class Resolver:
                 f"Expected the pattern {item!r} to match at least one point of model "
                 f"'{self.model_name}'. Received: a pattern that matches none.",
                 address=item,
-                suggestions=_close(item.replace("*", "").replace("?", ""), self.points()),
+                suggestions=close_matches(item.replace("*", "").replace("?", ""), self.points()),
             )
         return [(p, self.resolve_one(p)) for p in matched]
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import keras
 
+from kerasurgery import kinds
+
 _SWAP_LOCK = threading.RLock()
 
 
@@ -41,8 +43,41 @@ class Tap(keras.layers.Layer):
         return input_shape
 
 
+class _Wrapper(keras.layers.Layer):
+    """A layer that calls another layer object (shared, not copied).
+
+    Subclasses say which layers they accept with `accepts` and `expected`.
+    """
+
+    expected = ""
+
+    @staticmethod
+    def accepts(layer: Any) -> bool:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __init__(self, layer: keras.layers.Layer, **kwargs):
+        if not self.accepts(layer):
+            from kerasurgery.errors import TransformError
+
+            raise TransformError(f"Expected {self.expected}. Received: {layer!r}.")
+        kwargs.setdefault("dtype", layer.dtype_policy)
+        super().__init__(**kwargs)
+        self.layer = layer
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config["layer"] = keras.saving.serialize_keras_object(self.layer)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]):
+        config = dict(config)
+        layer = keras.saving.deserialize_keras_object(config.pop("layer"))
+        return cls(layer, **config)
+
+
 @keras.saving.register_keras_serializable(package="kerasurgery")
-class PreActivation(keras.layers.Layer):
+class PreActivation(_Wrapper):
     """The value of `layer` before its fused activation, with `layer`'s variables.
 
     ``PreActivation(dense)(x)`` equals ``x @ dense.kernel + dense.bias`` for a
@@ -66,20 +101,13 @@ class PreActivation(keras.layers.Layer):
         True
     """
 
-    def __init__(self, layer: keras.layers.Layer, **kwargs):
-        from kerasurgery import kinds
+    expected = "a layer whose activation is applied last in call() " + (
+        f"({', '.join(c.__name__ for c in kinds.SEPARABLE_LAYERS)})"
+    )
 
-        if not isinstance(layer, kinds.SEPARABLE_LAYERS):
-            from kerasurgery.errors import TransformError
-
-            raise TransformError(
-                "Expected a layer whose activation is applied last in call() "
-                f"({', '.join(c.__name__ for c in kinds.SEPARABLE_LAYERS)}). "
-                f"Received: {layer!r}."
-            )
-        kwargs.setdefault("dtype", layer.dtype_policy)
-        super().__init__(**kwargs)
-        self.layer = layer
+    @staticmethod
+    def accepts(layer: Any) -> bool:
+        return isinstance(layer, kinds.SEPARABLE_LAYERS)
 
     def build(self, input_shape):
         if not self.layer.built:
@@ -99,20 +127,9 @@ class PreActivation(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
 
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config["layer"] = keras.saving.serialize_keras_object(self.layer)
-        return config
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> PreActivation:
-        config = dict(config)
-        layer = keras.saving.deserialize_keras_object(config.pop("layer"))
-        return cls(layer, **config)
-
 
 @keras.saving.register_keras_serializable(package="kerasurgery")
-class AttentionScores(keras.layers.Layer):
+class AttentionScores(_Wrapper):
     """Calls an attention layer with ``return_attention_scores=True``.
 
     Returns ``(output, scores)`` from the wrapped MultiHeadAttention or
@@ -132,18 +149,11 @@ class AttentionScores(keras.layers.Layer):
         (1, 2, 3, 3)
     """
 
-    def __init__(self, layer: keras.layers.Layer, **kwargs):
-        from kerasurgery import kinds
+    expected = "a MultiHeadAttention or GroupQueryAttention layer"
 
-        if not kinds.is_attention_layer(layer):
-            from kerasurgery.errors import TransformError
-
-            raise TransformError(
-                f"Expected a MultiHeadAttention or GroupQueryAttention layer. Received: {layer!r}."
-            )
-        kwargs.setdefault("dtype", layer.dtype_policy)
-        super().__init__(**kwargs)
-        self.layer = layer
+    @staticmethod
+    def accepts(layer: Any) -> bool:
+        return kinds.is_attention_layer(layer)
 
     def call(self, query, value, key=None, training=None, **kwargs):
         kwargs.pop("return_attention_scores", None)
@@ -152,14 +162,3 @@ class AttentionScores(keras.layers.Layer):
     def compute_output_spec(self, query, value, key=None, training=None, **kwargs):
         kwargs.pop("return_attention_scores", None)
         return self.layer.compute_output_spec(query, value, key=key, return_attention_scores=True, **kwargs)
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config["layer"] = keras.saving.serialize_keras_object(self.layer)
-        return config
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> AttentionScores:
-        config = dict(config)
-        layer = keras.saving.deserialize_keras_object(config.pop("layer"))
-        return cls(layer, **config)

@@ -20,10 +20,10 @@ import keras
 import networkx as nx
 
 from kerasurgery import kinds
-from kerasurgery.address import Point, Resolver, Selector, _close, parse
+from kerasurgery.address import Point, Resolver, Selector, close_matches, parse, tap_name
 from kerasurgery.edit import Names, add_call, clone_op, input_feed, new_key, redirect
 from kerasurgery.errors import AddressError, TransformError
-from kerasurgery.graph import Ref, Slot, flatten_structure, output_refs, to_graph, to_model
+from kerasurgery.graph import Ref, Slot, output_refs, to_graph, to_model
 from kerasurgery.layers import AttentionScores, PreActivation, Tap
 
 # ---------------------------------------------------------------------------
@@ -197,7 +197,23 @@ def _split_targets(graph: nx.DiGraph, layers: Selector | None) -> list[str]:
     fused = [k for k, d in graph.nodes(data=True) if kinds.fused_activation(d.get("op")) is not None]
     if layers is None:
         return fused
-    items = [layers] if isinstance(layers, str) else list(layers)
+    if callable(layers) and not isinstance(layers, str):
+        items: list = [k for k in fused if layers(k)]
+        if not items:
+            raise TransformError(
+                f"Expected the predicate given as `layers` to accept a layer with a fused activation. "
+                f"Received: {layers!r}, which accepted none of {fused[:8]}."
+            )
+    elif isinstance(layers, str):
+        items = [layers]
+    else:
+        try:
+            items = list(layers)
+        except TypeError:
+            raise AddressError(
+                f"Expected `layers` as a name, an address, a glob, a list of them or a predicate. "
+                f"Received: {layers!r} of type {type(layers).__name__}."
+            ) from None
     if not items:
         raise AddressError("Expected at least one layer in `layers`. Received: an empty list.")
     chosen: list[str] = []
@@ -209,7 +225,7 @@ def _split_targets(graph: nx.DiGraph, layers: Selector | None) -> list[str]:
                 f"Expected `layers` to name layers of model '{graph.graph.get('name')}' "
                 f"(a name, an address or a glob). Received: {item!r}, which matches none.",
                 address=item,
-                suggestions=_close(str(item), fused or all_keys),
+                suggestions=close_matches(str(item), fused or all_keys),
             )
         bad = [k for k in matched if k not in fused]
         if bad and not is_pattern(item):
@@ -217,7 +233,7 @@ def _split_targets(graph: nx.DiGraph, layers: Selector | None) -> list[str]:
             raise TransformError(
                 f"Expected a layer with a fused non-linear activation to split. Received: {item!r} "
                 f"({d.get('class_name')}, activation={d.get('activation') or 'linear'}), which has "
-                f"nothing to split. Layers that do: {_close(str(item), fused) or fused[:5]}."
+                f"nothing to split. Layers that do: {close_matches(str(item), fused) or fused[:5]}."
             )
         chosen.extend(k for k in matched if k in fused and k not in chosen)
     if not chosen:
@@ -277,7 +293,9 @@ def split_activations_pass(
             changes = {"activation": "linear"} if id(op) in target_ops else None
             clones[id(op)] = clone_op(op, g, changes)
         if id(op) in clones:
-            g.nodes[key].update(op=clones[id(op)], activation=None if id(op) in target_ops else g.nodes[key].get("activation"))
+            g.nodes[key]["op"] = clones[id(op)]
+            if id(op) in target_ops:
+                g.nodes[key]["activation"] = None
     for key in targets:
         data = g.nodes[key]
         source_op = graph.nodes[key]["op"]
@@ -334,19 +352,6 @@ def split_activations(model: keras.Model, layers: Selector | None = None) -> ker
 
 # ---------------------------------------------------------------------------
 # insert_taps
-
-
-def tap_name(address: str) -> str:
-    """The layer name of the tap for `address` (``base/conv:pre`` -> ``base.conv_pre_tap``)."""
-    a = parse(address)
-    text = ".".join((*a.path, a.name))
-    if a.call is not None:
-        text += f"_{a.call}"
-    if a.index is not None:
-        text += f"_{a.index}"
-    if a.port is not None:
-        text += f"_{a.port}"
-    return f"{text}_tap"
 
 
 def insert_taps_pass(graph: nx.DiGraph, points: Selector) -> nx.DiGraph:
@@ -479,5 +484,3 @@ __all__ = [
     "split_activations_pass",
     "tap_name",
 ]
-
-_ = flatten_structure  # re-exported helper for passes written by users

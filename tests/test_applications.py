@@ -57,7 +57,7 @@ def test_application(name, factory, size, tmp_path):
 
     split = ks.split_activations(model)
     np.testing.assert_allclose(run(split, data), expected, atol=1e-5)
-    assert not [l.name for l in split._flatten_layers(include_self=False) if kinds.fused_activation(l) is not None]
+    assert not [x.name for x in split._flatten_layers(include_self=False) if kinds.fused_activation(x) is not None]
 
     last = model.layers[-1]
     logits = ks.expose(model, [f"{last.name}:pre"]).predict(data, verbose=0)[f"{last.name}:pre"]

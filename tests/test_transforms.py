@@ -216,7 +216,7 @@ class TestSplitActivations:
         model = nested_sequential()
         data = sample_inputs(model)
         split = ks.split_activations(model)
-        assert {"seq_dense_activation", "seq_out_activation", "head_activation"} <= {l.name for l in split.layers}
+        assert {"seq_dense_activation", "seq_out_activation", "head_activation"} <= {layer.name for layer in split.layers}
         assert_same_outputs(model, split, data, atol=1e-6)
 
     def test_selected_layers_by_name_and_glob(self):
@@ -347,3 +347,15 @@ class TestCompare:
             from zoo import multi_io
 
             ks.compare(multi_io(), ks.expose(multi_io(), ["cls", "reg", "cat"]), sample_inputs(multi_io()))
+
+
+def test_split_layers_by_predicate():
+    model = mlp()
+    split = ks.split_activations(model, lambda key: key.startswith("dense"))
+    names = [layer.name for layer in split.layers]
+    assert "dense_2_activation" in names and "predictions_activation" not in names
+    assert_same_outputs(model, split, sample_inputs(model))
+    with pytest.raises(ks.TransformError, match="accepted none"):
+        ks.split_activations(model, lambda key: False)
+    with pytest.raises(ks.AddressError, match="Expected `layers`"):
+        ks.split_activations(model, 3)
