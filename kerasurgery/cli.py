@@ -199,11 +199,14 @@ def cmd_collect(args: argparse.Namespace) -> int:
         model, data, args.points or None, batch_size=args.batch_size, training=args.training,
         path=args.output, progress=_progress(args), overwrite=args.overwrite,
     )
-    width = max((len(k) for k in result), default=0)
-    print(f"collected {len(result)} point(s) over {_count(data)} sample(s):")
-    for address, value in result.items():
-        print(f"  {address.ljust(width)}  {_shape(value)}  {getattr(value, 'dtype', '')}")
-    print(f"wrote {args.output}  (h5py.File(path)[address] holds each array)")
+    try:
+        width = max((len(k) for k in result), default=0)
+        print(f"collected {len(result)} point(s) over {_count(data)} sample(s):")
+        for address, value in result.items():
+            print(f"  {address.ljust(width)}  {_shape(value)}  {getattr(value, 'dtype', '')}")
+    finally:
+        getattr(result, "close", lambda: None)()
+    print(f"wrote {args.output}  (read it with kerasurgery.collect.load_activations(path)[address])")
     return 0
 
 
@@ -342,9 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(error: BaseException, model: str | None = None) -> str:
+    """The error as one line, with Python spellings turned into command-line ones."""
     text = " ".join(str(error).split()) or type(error).__name__
-    if model and isinstance(error, AddressError):
+    if model:
         text = text.replace("`kerasurgery.points(model)`", f"`kerasurgery inspect {model}`")
+    text = text.replace("Pass `overwrite=True`", "Pass --overwrite")
     return text if len(text) <= 800 else text[:797] + "..."
 
 

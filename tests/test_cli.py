@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 
-import h5py
 import keras
 import matplotlib
 
@@ -34,7 +33,7 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     keras.utils.set_random_seed(0)
     paths = {"dir": d}
-    for name in ("cnn_bn", "attention", "multi_io", "siamese"):
+    for name in ("cnn_bn", "attention", "multi_io", "siamese", "nested_functional"):
         paths[name] = str(d / f"{name}.keras")
         zoo.ZOO[name]().save(paths[name])
     x = keras.Input((4,), name="x")
@@ -42,14 +41,15 @@ def files(tmp_path_factory):
     paths["lambda"] = str(d / "lambda.keras")
     rng = np.random.default_rng(0)
     np.save(d / "images.npy", rng.random((12, 16, 16, 3), dtype="float32"))
+    np.save(d / "vectors.npy", rng.random((9, 6), dtype="float32"))
     np.save(d / "bad_shape.npy", rng.random((12, 16, 3), dtype="float32"))
     np.savez(d / "multi.npz", a=rng.random((6, 4), dtype="float32"), b=rng.random((6, 3), dtype="float32"))
     np.savez(d / "multi_missing.npz", a=rng.random((6, 4), dtype="float32"))
     np.savez(d / "tokens.npz", tokens=rng.random((5, 5, 8), dtype="float32"), mask=np.ones((5, 5, 5), bool))
     (d / "text.keras").write_text("this is not a model")
     (d / "notes.txt").write_text("hello")
-    for name in ("images", "bad_shape", "multi", "multi_missing", "tokens", "text", "notes"):
-        suffix = {"images": ".npy", "bad_shape": ".npy", "text": ".keras", "notes": ".txt"}.get(name, ".npz")
+    for name in ("images", "vectors", "bad_shape", "multi", "multi_missing", "tokens", "text", "notes"):
+        suffix = {"images": ".npy", "vectors": ".npy", "bad_shape": ".npy", "text": ".keras", "notes": ".txt"}.get(name, ".npz")
         paths[name] = str(d / f"{name}{suffix}")
     return paths
 
@@ -182,6 +182,12 @@ needs_callbacks = pytest.mark.skipif(
 )
 
 
+def load_activations(path):
+    from kerasurgery.collect import load_activations
+
+    return load_activations(path)
+
+
 @needs_collect
 class TestCollect:
     def test_collect_to_hdf5(self, capsys, files, tmp_path):
@@ -192,9 +198,25 @@ class TestCollect:
         assert "collected 2 point(s) over 12 sample(s)" in out
         model = keras.saving.load_model(files["cnn_bn"])
         expected = ks.expose(model, ["conv", "dw:pre"]).predict(np.load(files["images"]), verbose=0)
-        with h5py.File(path) as f:
+        with load_activations(path) as acts:
             for address in ("conv", "dw:pre"):
-                np.testing.assert_allclose(np.asarray(f[address]), expected[address], atol=1e-5)
+                np.testing.assert_allclose(np.asarray(acts[address]), expected[address], atol=1e-5)
+
+    def test_nested_points_and_default_points(self, capsys, files, tmp_path):
+        path = tmp_path / "acts.h5"
+        code, out, err = run(capsys, "collect", files["nested_functional"], "--data", files["vectors"],
+                             "-o", path, "--quiet", "--batch-size", "4")
+        assert code == 0, err
+        model = keras.saving.load_model(files["nested_functional"])
+        with load_activations(path) as acts:
+            assert "encoder/inner_dense" in acts and len(acts) == len(ks.points(model)) - 1 - 3
+            expected = ks.expose(model, ["encoder/inner_dense"]).predict(np.load(files["vectors"]), verbose=0)
+            np.testing.assert_allclose(np.asarray(acts["encoder/inner_dense"]), expected["encoder/inner_dense"],
+                                       atol=1e-5)
+        code, _, err = run(capsys, "collect", files["nested_functional"], "--data", files["vectors"], "-o", path)
+        assert_one_line_error(code, err, "Pass --overwrite")
+        assert run(capsys, "collect", files["nested_functional"], "--data", files["vectors"], "-o", path,
+                   "--overwrite", "--quiet")[0] == 0
 
     def test_multi_input_npz_and_limit(self, capsys, files, tmp_path):
         path = tmp_path / "acts.h5"
