@@ -20,6 +20,7 @@ from typing import Any
 
 from kerasurgery import layers  # registers the serializable layers
 from kerasurgery.address import points
+from kerasurgery.compare import compare
 from kerasurgery.errors import (
     AddressError,
     DataError,
@@ -34,11 +35,13 @@ from kerasurgery.transforms import expose, insert_taps, probe_pair, split_activa
 __version__ = "0.1.0"
 
 # Imported on first use: they pull in h5py or matplotlib, or are large.
+# (A function whose module has the same name, like `compare`, must be imported
+# eagerly: importing the submodule would otherwise rebind the package attribute
+# to the module.)
 _LAZY = {
     "collect": ("kerasurgery.collect", "collect"),
     "calibrate": ("kerasurgery.stats", "calibrate"),
     "ActivationRecorder": ("kerasurgery.callbacks", "ActivationRecorder"),
-    "compare": ("kerasurgery.compare", "compare"),
     "plot": ("kerasurgery.plot", None),
 }
 
