@@ -1,0 +1,245 @@
+"""`ActivationRecorder`: record points of a model while it trains.
+
+At the end of every `every`-th epoch the recorder runs its probe (built once,
+sharing the model's weights; see `kerasurgery.runner`) over a fixed dataset
+and keeps the activations, in memory (``history[address]``, one array per
+record) or in an HDF5 file (one dataset per point, shaped
+``(records, samples, ...)``). The model is not changed: recording runs
+statelessly, so even BatchNormalization statistics stay as training left them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from kerasurgery import _backend
+from kerasurgery.address import Selector
+from kerasurgery.data import adapt, check_batch_size
+from kerasurgery.errors import DataError
+from kerasurgery.runner import Plan, plan_for, run
+from kerasurgery.storage import MemorySink, _check_batch, _storable, check_path, h5_name
+
+
+def _remove(path: str | None) -> None:
+    if path and os.path.exists(path):
+        os.unlink(path)
+
+
+class _RecordSink:
+    """Writes one record into datasets shaped (records, samples, ...) of an open HDF5 file."""
+
+    def __init__(self, file: Any, keys: dict[str, str], record: int, model_name: str):
+        self.file = file
+        self.keys = keys
+        self.record = record
+        self.model_name = model_name
+
+    def prepare(self, outputs: dict, rows: int) -> None:
+        self.shapes = {}
+        for key, t in outputs.items():
+            _check_batch(key, t, rows, None, "batch 0")
+            self.shapes[key] = tuple(t.shape[1:])
+        for address, key in self.keys.items():
+            shape, dtype = self.shapes[key], _backend.as_numpy(outputs[key]).dtype
+            name = h5_name(address)
+            if name not in self.file:
+                row_bytes = max(1, int(np.prod(shape)) * dtype.itemsize)
+                ds = self.file.create_dataset(
+                    name, shape=(0, 0, *shape), maxshape=(None, None, *shape), dtype=_storable(dtype),
+                    chunks=(1, max(1, min(rows, (1 << 22) // row_bytes)), *shape),
+                )
+                ds.attrs.update(address=address, model=self.model_name, shape=list(shape), dtype=str(dtype))
+            ds = self.file[name]
+            if tuple(ds.shape[2:]) != shape:
+                raise DataError(
+                    f"Expected point '{address}' to keep its per-sample shape {tuple(ds.shape[2:])} from "
+                    f"record to record. Received: {shape}."
+                )
+            ds.resize(self.record + 1, axis=0)
+
+    def check(self, outputs: dict, rows: int, where: str) -> None:
+        for key, t in outputs.items():
+            _check_batch(key, t, rows, self.shapes[key], where)
+
+    def write(self, start: int, rows: int, outputs: dict) -> None:
+        arrays = {k: _backend.as_numpy(t) for k, t in outputs.items()}
+        for address, key in self.keys.items():
+            ds = self.file[h5_name(address)]
+            if start + rows > ds.shape[1]:
+                if self.record > 0:
+                    raise DataError(
+                        f"Expected the recorder's data to give {ds.shape[1]} samples at every record, "
+                        f"as at the first. Received: more at record {self.record}."
+                    )
+                ds.resize(start + rows, axis=1)
+            ds[self.record, start : start + rows] = arrays[key].astype(ds.dtype, copy=False)
+
+    def finish(self, n: int) -> None:
+        for address in self.keys:
+            if self.file[h5_name(address)].shape[1] != n:
+                raise DataError(
+                    "Expected the recorder's data to give the same number of samples at every record. "
+                    f"Received: {n} samples at record {self.record}, "
+                    f"{self.file[h5_name(address)].shape[1]} before."
+                )
+
+    def abort(self) -> None:
+        pass
+
+
+class ActivationRecorder(keras.callbacks.Callback):
+    """Records points of the model on fixed data at the end of every `every`-th epoch.
+
+    The probe is built once (on the first `fit`) and shares the model's
+    weights, so each record sees the weights of that epoch. Recording does
+    not change the model or its training.
+
+    Args:
+        points: addresses, globs, a list of them or a predicate (see
+            `kerasurgery.points`).
+        data: data to record on, read again at every record: arrays, a
+            `tf.data.Dataset`, a `keras.utils.PyDataset` or a re-iterable of
+            batches (not a one-shot generator). See `kerasurgery.collect`.
+        every: record after epochs ``every - 1``, ``2 * every - 1``, ...
+        path: write the records to this HDF5 file (one dataset per point,
+            shaped ``(records, samples, ...)``, attribute ``epochs``) instead of
+            keeping them in `history`. The file appears when training ends.
+        batch_size: rows per batch for arrays.
+        training: record with layers in training mode.
+        overwrite: allow `path` to replace an existing file.
+        progress: show a progress bar per record.
+        steps: read at most this many batches per record.
+
+    Attributes:
+        history: ``{address: [array per record]}`` (empty with `path`).
+        epochs: the epoch index of each record.
+
+    Example:
+        >>> import keras, numpy as np, kerasurgery as ks
+        >>> x = keras.Input((3,), name="x")
+        >>> model = keras.Model(x, keras.layers.Dense(2, activation="relu", name="d")(x))
+        >>> model.compile("sgd", "mse")
+        >>> data = np.ones((4, 3), "float32")
+        >>> recorder = ks.ActivationRecorder(["d:pre"], data, every=2)
+        >>> _ = model.fit(data, np.zeros((4, 2)), epochs=4, verbose=0, callbacks=[recorder])
+        >>> recorder.epochs, [a.shape for a in recorder.history["d:pre"]]
+        ([1, 3], [(4, 2), (4, 2)])
+    """
+
+    def __init__(
+        self,
+        points: Selector,
+        data: Any,
+        *,
+        every: int = 1,
+        path: Any = None,
+        batch_size: int = 32,
+        training: bool = False,
+        overwrite: bool = False,
+        progress: bool = False,
+        steps: int | None = None,
+    ):
+        super().__init__()
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+            raise DataError(f"Expected `every` to be an integer >= 1. Received: every={every!r}.")
+        if data is None or (hasattr(data, "__next__") and iter(data) is data):
+            raise DataError(
+                "Expected data that can be read at every record: arrays, a tf.data.Dataset, a "
+                f"keras.utils.PyDataset or a list of batches. Received: {type(data).__name__}, which "
+                "is used up after one pass. Materialize it first, e.g. `list(generator)`."
+            )
+        self.points = points
+        self.data = data
+        self.every = int(every)
+        self.batch_size = check_batch_size(batch_size)
+        self.path = check_path(path, overwrite) if path is not None else None
+        self.training = training
+        self.progress = progress
+        self.steps = steps
+        self.history: dict[str, list[np.ndarray]] = {}
+        self.epochs: list[int] = []
+        self._plan: Plan | None = None
+        self._plan_model: Any = None
+        self._file: Any = None
+        self._temp: str | None = None
+        self._records_in_file = 0
+        self._finalizer: Any = None
+
+    @property
+    def probe(self) -> keras.Model | None:
+        """The probe model (built at the first `fit`), sharing the model's weights."""
+        return self._plan.probe if self._plan is not None else None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self._plan is None or self._plan_model() is not self.model:
+            self._plan = plan_for(self.model, self.points, training=self.training)
+            self._plan_model = weakref.ref(self.model)
+        self._source = adapt(self.data, self._plan.probe, batch_size=self.batch_size, steps=self.steps)
+        if not self._source.reiterable:
+            raise DataError(
+                "Expected data that can be read at every record. Received: "
+                f"{type(self.data).__name__}, whose iterator is itself. Pass a list of batches instead."
+            )
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if (epoch + 1) % self.every == 0:
+            self.record(epoch)
+
+    def record(self, epoch: int) -> None:
+        """Record every point now, as for `epoch`."""
+        if self._plan is None:
+            self.on_train_begin()
+        if self.path is None:
+            sink = MemorySink(self._plan.keys, self._source.num_samples, self._source.num_batches)
+            arrays = sink.finish(run(self._plan, self._source, sink, progress=self.progress))
+            for address, array in arrays.items():
+                self.history.setdefault(address, []).append(array)
+        else:
+            self._open()
+            sink = _RecordSink(self._file, self._plan.keys, self._records_in_file, self.model.name)
+            try:
+                sink.finish(run(self._plan, self._source, sink, progress=self.progress))
+            except BaseException:
+                self._abort()
+                raise
+            self._records_in_file += 1
+            self._file.attrs["epochs"] = [*self._file.attrs.get("epochs", []), int(epoch)]
+        self.epochs.append(int(epoch))
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            os.replace(self._temp, self.path)
+            self._temp = None
+
+    # -- the HDF5 file ---------------------------------------------------
+    def _open(self) -> None:
+        if self._file is not None:
+            return
+        import h5py
+
+        fd, self._temp = tempfile.mkstemp(prefix=f".{Path(self.path).name}.", suffix=".tmp", dir=Path(self.path).parent)
+        os.close(fd)
+        self._finalizer = weakref.finalize(self, _remove, self._temp)
+        if self._records_in_file:  # a later fit: continue the file this recorder wrote
+            shutil.copyfile(self.path, self._temp)
+            self._file = h5py.File(self._temp, "a")
+        else:
+            self._file = h5py.File(self._temp, "w", track_order=True)
+            self._file.attrs.update(model=self.model.name, training=bool(self.training), epochs=[])
+
+    def _abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        _remove(self._temp)
+        self._temp = None
