@@ -221,15 +221,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from kerasurgery.stats import calibrate
 
     stats = calibrate(model, data, args.points or None, batch_size=args.batch_size, progress=_progress(args))
-    table = {address: s.to_dict() for address, s in stats.items()}
-    with open(args.output, "w", encoding="utf-8") as f:
-        json.dump(table, f, indent=1, default=_jsonable)
+    stats.to_json(args.output, indent=1)
     rows = [
-        {"address": a, **{k: f"{float(d[k]):.4g}" for k in ("min", "max", "mean", "std")}}
-        for a, d in table.items()
+        {"address": a, "min": f"{s.min:.4g}", "max": f"{s.max:.4g}", "mean": f"{s.mean:.4g}",
+         "std": f"{s.std:.4g}", "zeros": f"{s.zero_fraction:.1%}"}
+        for a, s in stats.items()
     ]
     print(f"ranges of {len(rows)} point(s) over {_count(data)} sample(s):")
-    print(format_table(rows, ("address", "min", "max", "mean", "std")))
+    print(format_table(rows, ("address", "min", "max", "mean", "std", "zeros")))
     print(f"wrote {args.output}")
     if args.histograms:
         import matplotlib.pyplot as plt
@@ -245,12 +244,6 @@ def _count(data: Any) -> int:
     from kerasurgery.files import sample_count
 
     return sample_count(data)
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 # ---------------------------------------------------------------------------
@@ -335,9 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", parents=[model], help="value ranges and histograms of points, to JSON",
                        description="Stream --data through the model and record min, max, mean, std, "
-                       "percentiles and a histogram per point, e.g. for quantization.")
+                       "percentiles and a histogram per point (default: every point, ':pre' and "
+                       "':scores' included), e.g. ranges of '*:pre' for quantization.")
     _data_arguments(p, required=True)
-    p.add_argument("-o", "--output", required=True, metavar="ranges.json", help="the JSON file to write")
+    p.add_argument("-o", "--output", required=True, metavar="ranges.json",
+                   help="the JSON file to write (read it back with kerasurgery.stats.Calibration.from_json)")
     p.add_argument("--histograms", metavar="FILE.png", help="also draw the histograms")
     p.add_argument("--max-plots", type=int, default=16, metavar="N", help="at most N histogram panels (16)")
     p.set_defaults(func=cmd_calibrate)

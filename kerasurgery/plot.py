@@ -181,36 +181,79 @@ def feature_maps(
 # histograms
 
 
-def _as_stats(value: Any) -> dict | None:
-    """``{"counts", "edges", "min", "max", "percentiles"}`` of a statistics
-    object from `kerasurgery.calibrate` (or its ``to_dict()``), else None."""
-    if hasattr(value, "to_dict") and not isinstance(value, np.ndarray):
+def _stats_parts(value: Any) -> tuple | None:
+    """``(counts, edges, min, max, percentiles)`` of a statistics object from
+    `kerasurgery.calibrate`, of its ``to_dict()``, or None for anything else.
+
+    Counts and edges have a leading channel axis; per-channel statistics keep one
+    row per channel."""
+    if isinstance(value, np.ndarray):
+        return None
+    hist = getattr(value, "histogram", None)
+    if not isinstance(value, Mapping) and isinstance(hist, tuple) and len(hist) == 2:  # a PointStats
+        counts, edges = hist
+        quantiles = tuple(getattr(value, "quantiles", ()) or ())
+        per_tensor = np.ndim(value.min) == 0
+        found = value.percentile(quantiles) if quantiles and per_tensor else ()
+        return counts, edges, value.min, value.max, dict(zip(quantiles, np.atleast_1d(found)))
+    if not isinstance(value, Mapping) and callable(getattr(value, "to_dict", None)):
         value = value.to_dict()
     if not isinstance(value, Mapping):
         return None
     hist = value.get("histogram")
-    if isinstance(hist, Mapping):
-        counts, edges = hist.get("counts"), hist.get("edges", hist.get("bin_edges"))
-    elif isinstance(hist, (tuple, list)) and len(hist) == 2:
-        counts, edges = hist
-    else:
-        counts, edges = value.get("counts"), value.get("edges", value.get("bin_edges"))
-    if counts is None or edges is None:
+    if not isinstance(hist, Mapping) or "counts" not in hist:
         return None
-    return {
-        "counts": np.asarray(counts, dtype="float64"),
-        "edges": np.asarray(edges, dtype="float64"),
-        "min": value.get("min"),
-        "max": value.get("max"),
-        "percentiles": dict(value.get("percentiles") or {}),
-    }
+    counts = np.asarray(hist["counts"], dtype="float64")
+    if "edges" in hist:
+        edges = np.asarray(hist["edges"], dtype="float64")
+    else:  # the grid form: per channel, a first edge and a cell width
+        low = np.atleast_1d(np.asarray(hist["low"], dtype="float64"))
+        width = np.atleast_1d(np.asarray(hist["width"], dtype="float64"))
+        edges = low[:, None] + width[:, None] * np.arange(counts.shape[-1] + 1)
+    percentiles = value.get("percentiles") or {}
+    if any(np.ndim(v) for v in percentiles.values()):
+        percentiles = {}
+    return counts, edges, value.get("min"), value.get("max"), dict(percentiles)
+
+
+def _coarsen(counts: np.ndarray, edges: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """A statistics histogram for drawing: empty ends cut, cells merged to about `bins`.
+
+    Several channels are first put on one shared grid (each cell's count at
+    its centre), so the result is always one histogram."""
+    counts, edges = np.atleast_2d(counts), np.atleast_2d(edges)
+    if counts.shape[0] > 1:
+        centres = (edges[:, :-1] + edges[:, 1:]) / 2
+        lo = edges[:, :-1][counts > 0].min(initial=edges.max())
+        hi = edges[:, 1:][counts > 0].max(initial=edges.min())
+        merged, shared = np.histogram(centres.ravel(), bins=bins, range=(lo, hi), weights=counts.ravel())
+        return merged, shared
+    counts, edges = counts[0], edges[0]
+    used = np.flatnonzero(counts)
+    if used.size:
+        counts, edges = counts[used[0]:used[-1] + 1], edges[used[0]:used[-1] + 2]
+    group = max(1, math.ceil(len(counts) / bins))
+    pad = (-len(counts)) % group
+    counts = np.concatenate([counts, np.zeros(pad)]).reshape(-1, group).sum(axis=1)
+    width = edges[1] - edges[0] if len(edges) > 1 else 1.0
+    edges = edges[0] + width * group * np.arange(len(counts) + 1)
+    return counts, edges
 
 
 def _panel_data(name: str, value: Any, bins: int) -> dict:
-    stats = _as_stats(value)
-    if stats is not None:
-        return stats
-    data = _array(value, f"the activations of {name!r}").astype("float64").ravel()
+    parts = _stats_parts(value)
+    if parts is not None:
+        counts, edges, lo, hi, percentiles = parts
+        counts, edges = _coarsen(np.asarray(counts, "float64"), np.asarray(edges, "float64"), bins)
+        lo = None if lo is None else float(np.min(lo))
+        hi = None if hi is None else float(np.max(hi))
+        return {"counts": counts, "edges": edges, "min": lo, "max": hi, "percentiles": percentiles}
+    data = _array(value, f"the activations of {name!r}")
+    if data.dtype.kind not in "biuf":
+        raise DataError(
+            f"Expected an array or calibrate statistics for {name!r}. Received: {type(value).__name__}."
+        )
+    data = data.astype("float64").ravel()
     data = data[np.isfinite(data)]
     if data.size == 0:
         raise DataError(f"Expected finite values to histogram for {name!r}. Received: none.")
@@ -222,7 +265,7 @@ def histograms(
     data: Any,
     *,
     points: Sequence[str] | None = None,
-    bins: int = 50,
+    bins: int = 60,
     log: bool = False,
     max_points: int = 16,
     title: str | None = None,
@@ -231,14 +274,16 @@ def histograms(
     """Histograms of activation values, one panel per point.
 
     Takes what `kerasurgery.collect` returns (``{address: array}``), what
-    `kerasurgery.calibrate` returns (``{address: statistics}``; their stored
-    histograms are drawn, with the observed min and max and the percentiles
-    as lines), a mix of both, or one array.
+    `kerasurgery.calibrate` returns (``{address: PointStats}``, or the
+    ``to_dict()`` form of each; their stored histograms are drawn, with the
+    observed min and max and the percentiles as lines), a mix of both, or one
+    array. Per-channel statistics are drawn as one histogram over all channels.
 
     Args:
         data: a dict of arrays and/or statistics, or a single array.
         points: the addresses to draw, in order; default: every key.
-        bins: bins for raw arrays (statistics keep their own).
+        bins: bins for raw arrays; the finer histograms of statistics are
+            merged (exactly, by adding neighbouring cells) to about this many.
         log: logarithmic counts (useful after ReLU, where most values are 0).
         max_points: draw at most this many panels.
         title: the figure's title.
@@ -257,9 +302,12 @@ def histograms(
         >>> [ax.get_title() for ax in ks.plot.histograms(acts).axes]
         ['dense_1', 'dense_1:pre']
     """
+    if isinstance(data, Mapping) and isinstance(data.get("points"), Mapping) and "model" in data:
+        data = data["points"]  # the JSON form of a whole calibration (`Calibration.to_dict()`)
     if not isinstance(data, Mapping):
-        data = {title or "values": data}
-        title = None if title == next(iter(data)) else title
+        name = getattr(data, "address", None) or title or "values"
+        data = {name: data}
+        title = None if title == name else title
     names = list(data) if points is None else list(points)
     missing = [n for n in names if n not in data]
     if missing:

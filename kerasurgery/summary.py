@@ -101,13 +101,23 @@ def point_table(model_or_graph: Any, pattern: str | None = None) -> list[dict]:
     return rows
 
 
+def _is_number(value: Any) -> bool:
+    if isinstance(value, (int, float)):
+        return True
+    try:
+        float(str(value).rstrip("%").replace(",", ""))
+    except ValueError:
+        return False
+    return True
+
+
 def format_table(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
-    """Rows as aligned text with a header line; numbers right-aligned."""
+    """Rows as aligned text with a header line; numeric columns right-aligned."""
     cells = [[_HEADERS.get(c, c) for c in columns]]
     for row in rows:
         cells.append([f"{row[c]:,}" if isinstance(row[c], int) else str(row[c]) for c in columns])
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    numeric = [all(isinstance(row[c], int) for row in rows) and rows for c in columns]
+    numeric = [bool(rows) and all(_is_number(row[c]) for row in rows) for c in columns]
 
     def line(r: list[str]) -> str:
         parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(r, widths, numeric)]

@@ -233,8 +233,11 @@ class TestCalibrate:
         code, out, err = run(capsys, "calibrate", files["cnn_bn"], "--data", files["images"], "--points", "*:pre",
                              "-o", path, "--histograms", png, "--quiet")
         assert code == 0, err
-        ranges = json.loads(path.read_text())
+        ranges = json.loads(path.read_text())["points"]
         assert list(ranges) == ks.points(zoo.cnn_bn(), "*:pre")
+        from kerasurgery.stats import Calibration
+
+        assert list(Calibration.from_json(path)) == list(ranges)
         model = keras.saving.load_model(files["cnn_bn"])
         conv = ks.expose(model, ["conv:pre"]).predict(np.load(files["images"]), verbose=0)["conv:pre"]
         assert ranges["conv:pre"]["min"] == pytest.approx(conv.min(), abs=1e-5)

@@ -169,6 +169,34 @@ class TestHistograms:
         assert ax.get_yscale() == "log"
         assert ax.get_title() == "conv:pre"
 
+    def test_real_calibrate_statistics(self):
+        model = zoo.cnn_bn()
+        data = zoo.sample_inputs(model, batch=16)
+        stats = ks.calibrate(model, data, "*:pre")
+        probe = ks.expose(model, "*:pre").predict(data, verbose=0)
+        for form in (stats, stats.to_dict(), json.loads(stats.to_json())):
+            fig = ks.plot.histograms(form, bins=40)
+            assert [ax.get_title() for ax in fig.axes] == list(stats)
+            for ax, address in zip(fig.axes, stats):
+                step = ax.patches[0].get_data()
+                assert step.values.sum() == probe[address].size
+                assert len(step.values) <= 40
+                assert step.edges[0] <= probe[address].min() and step.edges[-1] >= probe[address].max()
+                xs = [line.get_xdata()[0] for line in ax.lines]
+                assert min(xs) == pytest.approx(probe[address].min(), abs=1e-5)
+                assert max(xs) == pytest.approx(probe[address].max(), abs=1e-5)
+                assert len(ax.lines) == 2 + len(stats[address].quantiles)
+
+    def test_per_channel_statistics_are_one_histogram(self):
+        model = zoo.cnn_bn()
+        data = zoo.sample_inputs(model, batch=8)
+        stats = ks.calibrate(model, data, ["conv:pre", "predictions"], per_channel=True)
+        fig = ks.plot.histograms(stats)
+        assert [ax.get_title() for ax in fig.axes] == ["conv:pre", "predictions"]
+        assert fig.axes[0].patches[0].get_data().values.sum() == 8 * 16 * 16 * 8
+        fig = ks.plot.histograms(stats["conv:pre"])
+        assert [ax.get_title() for ax in fig.axes] == ["conv:pre"]
+
     def test_single_array(self):
         fig = ks.plot.histograms(np.arange(10.0), title="x")
         assert [ax.get_title() for ax in fig.axes] == ["x"]
