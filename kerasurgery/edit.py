@@ -12,6 +12,7 @@ Every function here edits the graph it is given; passes call them on a copy.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import keras
@@ -165,12 +166,35 @@ def clone_op(op: Any, graph: nx.DiGraph, config_changes: dict | None = None) -> 
     if op.built:
         build_config = op.get_build_config()
         if build_config:
-            clone.build_from_config(build_config)
+            with _zero_initializers(clone):
+                clone.build_from_config(build_config)
     if not clone.built and op.weights:
         graph.graph["pending_weights"] = [*graph.graph.get("pending_weights", []), (op, clone)]
     else:
         copy_weights(op, clone)
     return clone
+
+
+@contextlib.contextmanager
+def _zero_initializers(layer: Any):
+    """Build with zeros initializers: the values are overwritten right after.
+
+    Random initialisers are half the cost of copying a large model. Only the
+    layer's own ``*_initializer`` attributes are swapped (its config reads
+    them, so they are restored right after the build).
+    """
+    zeros = keras.initializers.Zeros()
+    saved = {
+        k: v for k, v in vars(layer).items()
+        if k.endswith("_initializer") and isinstance(v, keras.initializers.Initializer)
+    }
+    for k in saved:
+        object.__setattr__(layer, k, zeros)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            object.__setattr__(layer, k, v)
 
 
 def copy_weights(src: Any, dst: Any) -> None:

@@ -210,6 +210,9 @@ class TestSplitActivations:
             for a, b in zip(model.get_layer(name).get_weights(), split.get_layer(name).get_weights()):
                 np.testing.assert_array_equal(a, b)
             assert split.get_layer(name).get_config()["activation"] == "linear"
+            # Copies are built with cheap initializers, but keep the original ones in their config.
+            for key in ("kernel_initializer", "bias_initializer"):
+                assert split.get_layer(name).get_config()[key] == model.get_layer(name).get_config()[key]
 
     def test_nested_sequential_keeps_every_activation(self):
         """keras clone_model(call_function=..., recursive=True) drops these; we must not."""
