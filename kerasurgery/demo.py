@@ -74,6 +74,12 @@ def build_model() -> Any:
     return keras.Model(x, y, name="shapes_cnn")
 
 
+def _numpy(value: Any) -> Any:
+    import keras
+
+    return keras.tree.map_structure(keras.ops.convert_to_numpy, value)
+
+
 def _fmt(values: Any) -> str:
     return "[" + " ".join(f"{v:6.2f}" for v in np.asarray(values).ravel()) + "]"
 
@@ -147,12 +153,12 @@ def run(out: str = "kerasurgery-demo", *, epochs: int = 4, seed: int = 0,
     echo(f"   ks.points(model) lists {len(names)} addresses: {', '.join(names)}")
 
     probe = ks.expose(model, ["predictions:pre"], keep_outputs=True)
-    found = probe.predict(x_test[:3], verbose=0)
+    found = _numpy(probe(x_test[:3], training=False))
     echo("\n2. Logits: probe = ks.expose(model, ['predictions:pre'], keep_outputs=True)")
     for i in range(3):
         logits, probs = found["predictions:pre"][i], found["predictions"][i]
         echo(f"   #{i} ({CLASSES[y_test[i]]:6s}) logits {_fmt(logits)}  softmax {_fmt(probs)}")
-    same = np.allclose(keras.ops.convert_to_numpy(keras.ops.softmax(found["predictions:pre"])),
+    same = np.allclose(_numpy(keras.ops.softmax(found["predictions:pre"])),
                        found["predictions"], atol=1e-5)
     echo(f"   softmax(logits) equals the model's output: {same}")
 
@@ -203,9 +209,9 @@ def _probe_pair_step(ks: Any, model: Any, x_train: Any, y_train: Any, x_test: An
     training, checking = ks.probe_pair(model, ["conv_2:pre", "dense"], copy=True)
     training.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
     recorder = ActivationRecorder(["conv_2:pre", "dense"], x_test[:32])
-    start = checking.predict(x_test[:32], verbose=0)["dense"].mean()
-    training.fit(x_train, y_train, epochs=2, batch_size=32, verbose=0, callbacks=[recorder])
-    end = checking.predict(x_test[:32], verbose=0)["dense"].mean()
+    start = _numpy(checking(x_test[:32], training=False))["dense"].mean()
+    training.fit(x_train[:320], y_train[:320], epochs=2, batch_size=32, verbose=0, callbacks=[recorder])
+    end = _numpy(checking(x_test[:32], training=False))["dense"].mean()
     echo("\n4. Probe pair: training, checking = ks.probe_pair(model, ['conv_2:pre', 'dense'], copy=True)")
     echo(f"   2 epochs of training.fit(..., callbacks=[ks.ActivationRecorder(...)]) move the checking "
          f"model too (shared weights): mean of 'dense' {start:.3f} -> {end:.3f}")
@@ -217,7 +223,7 @@ def _probe_pair_step(ks: Any, model: Any, x_train: Any, y_train: Any, x_test: An
 
 
 def _pictures(ks: Any, files: _Writer, model: Any, x: Any, y: Any, acts: dict, stats: dict) -> None:
-    probs = model.predict(x[:6], verbose=0)
+    probs = _numpy(model(x[:6], training=False))
     files.save("inputs", _samples_figure(x, y, probs))
     for name in ("conv_1", "conv_2"):
         fig = ks.plot.feature_maps(acts[name][0], title=f"{name} for input #0 ({CLASSES[y[0]]})", scale="per_map")

@@ -1,16 +1,26 @@
 """Examples are tests: every script in examples/ runs, writes its outputs to
---out (never into the repository), and exits 0."""
+--out (never into the repository), and says what it found.
+
+Scripts run in-process (as ``__main__``, with ``sys.argv`` set) so the suite
+imports TensorFlow once; one more runs in its own interpreter."""
 
 from __future__ import annotations
 
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+import keras
+import matplotlib
 
-import kerasurgery as ks
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+import kerasurgery as ks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
@@ -37,19 +47,39 @@ def test_every_example_is_listed():
     assert sorted(p.name for p in EXAMPLES) == sorted(WRITES)
 
 
-@pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])
-def test_example_runs(script, tmp_path):
+def _skip_if_unbuilt(script):
     missing = [m for m in NEEDS.get(script.name, ()) if not (PACKAGE / f"{m}.py").exists()]
     if missing:
         pytest.skip(f"kerasurgery.{missing[0]} is not built yet")
+
+
+def _check_outputs(script, out, before):
+    for name in WRITES[script.name]:
+        assert (out / name).stat().st_size > 0, name
+    assert sorted(p.name for p in (ROOT / "examples").iterdir()) == before
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_runs(script, tmp_path, monkeypatch, capsys):
+    """In-process (one TensorFlow import for all), as ``python script --out DIR``."""
+    _skip_if_unbuilt(script)
+    before = sorted(p.name for p in (ROOT / "examples").iterdir())
+    monkeypatch.setattr(sys, "argv", [str(script), "--out", str(tmp_path)])
+    monkeypatch.chdir(tmp_path)
+    keras.backend.clear_session()
+    runpy.run_path(str(script), run_name="__main__")
+    plt.close("all")
+    assert capsys.readouterr().out.strip(), "an example should say what it found"
+    _check_outputs(script, tmp_path, before)
+
+
+def test_an_example_runs_as_a_script(tmp_path):
+    """One example in its own interpreter, exactly as a user runs it."""
+    script = ROOT / "examples" / "01_logits.py"
     before = sorted(p.name for p in (ROOT / "examples").iterdir())
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg")
-    result = subprocess.run(
-        [sys.executable, str(script), "--out", str(tmp_path)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )
+    result = subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], capture_output=True,
+                            text=True, env=env, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip(), "an example should say what it found"
-    for name in WRITES[script.name]:
-        assert (tmp_path / name).stat().st_size > 0, name
-    assert sorted(p.name for p in (ROOT / "examples").iterdir()) == before
+    assert "softmax(logits) == model output: True" in result.stdout
+    _check_outputs(script, tmp_path, before)
