@@ -46,7 +46,7 @@ def _channel_axis(tensor: Any, per_channel: bool, axis: int) -> int | None:
 
 
 def _reduce(t: Any, axis: int | None, bins: int) -> tuple:
-    """In-graph reductions of one tensor: (rows, min, max, mean, var, zeros, e, start, counts)."""
+    """In-graph reductions of one tensor: (rows, min, max, mean, var, zeros, e, start, counts, shape)."""
     x = ops.cast(t, "float32")
     if axis is None:
         x = ops.reshape(x, (-1, 1))
@@ -60,7 +60,8 @@ def _reduce(t: Any, axis: int | None, bins: int) -> tuple:
     zeros = ops.sum(ops.cast(ops.equal(x, 0.0), "int32"), axis=0)
     e, start, counts = grid.batch_histogram(x, lo, hi, bins)
     rows = ops.cast(ops.shape(x)[0], "int32")
-    return rows, lo, hi, mean, var, zeros, e, start, counts
+    shape = ops.stack([ops.cast(d, "int32") for d in ops.shape(t)])
+    return rows, lo, hi, mean, var, zeros, e, start, counts, shape
 
 
 # ---------------------------------------------------------------------------
@@ -83,7 +84,7 @@ class _Moments:
 
     @classmethod
     def from_batch(cls, parts: tuple) -> _Moments:
-        rows, lo, hi, mean, var, zeros, e, start, counts = (_backend.as_numpy(p) for p in parts)
+        rows, lo, hi, mean, var, zeros, e, start, counts = (_backend.as_numpy(p) for p in parts[:9])
         n = int(rows)
         return cls(
             n, lo.astype(np.float64), hi.astype(np.float64), mean.astype(np.float64),
@@ -118,7 +119,7 @@ class PointStats:
 
     Attributes:
         address: the point.
-        shape: its per-sample shape; dtype: its dtype name.
+        shape: its per-sample shape (None where batches differed); dtype: its dtype name.
         channel_axis: the axis statistics are per (None: the whole tensor).
         samples: samples seen; count: values seen per channel.
         bins: histogram cells.
@@ -285,6 +286,7 @@ class _Accumulator:
     def __init__(self, bins: int):
         self.bins = bins
         self.state: dict[str, _Moments] = {}
+        self.shapes: dict[str, tuple] = {}  # per-sample shapes seen (None where they varied)
 
     def prepare(self, outputs: dict, rows: int) -> None:
         pass
@@ -294,6 +296,9 @@ class _Accumulator:
 
     def write(self, start: int, rows: int, outputs: dict) -> None:
         for key, parts in outputs.items():
+            shape = tuple(int(d) for d in _backend.as_numpy(parts[9])[1:])
+            seen = self.shapes.setdefault(key, shape)
+            self.shapes[key] = tuple(a if a == b else None for a, b in zip(seen, shape))
             batch = _Moments.from_batch(parts)
             self.state[key] = batch if key not in self.state else self.state[key].merge(batch, self.bins)
 
@@ -377,7 +382,7 @@ def calibrate(
     for address, key in plan.keys.items():
         t = plan.probe.output[key]
         result[address] = PointStats(
-            address, shape=tuple(t.shape[1:]), dtype=keras.backend.standardize_dtype(t.dtype),
+            address, shape=sink.shapes[key], dtype=keras.backend.standardize_dtype(t.dtype),
             channel_axis=axes[key], bins=int(bins), samples=samples, moments=sink.state[key], percentiles=qs,
         )
     return result

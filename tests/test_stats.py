@@ -1,0 +1,269 @@
+"""calibrate: equal to numpy statistics of the full activations, per tensor and
+per channel; shards merge into the whole; exact mergeable histograms; JSON."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from keras import layers
+
+import kerasurgery as ks
+from kerasurgery import histogram
+from kerasurgery.stats import Calibration, PointStats, merge
+from zoo import ZOO, assert_unchanged, sample_inputs, snapshot
+
+N = 20
+
+
+def assert_matches_numpy(stats: PointStats, values: np.ndarray) -> None:
+    """Every statistic of `stats` equals numpy's on the full activations `values`."""
+    a = np.asarray(values, np.float64).ravel()
+    assert stats.count == a.size
+    assert stats.min == a.min() and stats.max == a.max()
+    np.testing.assert_allclose(stats.mean, a.mean(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats.std, a.std(), rtol=1e-4, atol=1e-6)
+    assert stats.zeros == np.count_nonzero(a == 0)
+    counts, edges = stats.histogram
+    assert counts.sum() == a.size and edges[0] <= a.min() and a.max() < edges[-1]
+    np.testing.assert_array_equal(counts, np.histogram(a, bins=edges)[0])
+    width = edges[1] - edges[0]
+    for q in (0.1, 1, 50, 99, 99.9):
+        expected = np.percentile(a, q, method="inverted_cdf")
+        assert abs(stats.percentile(q) - expected) <= width * (1 + 1e-9), q
+    assert stats.percentile(0) == a.min() and stats.percentile(100) == a.max()
+
+
+class TestAgainstNumpy:
+    @pytest.mark.parametrize("name", ["cnn_bn", "attention", "recurrent", "multi_io", "masked", "shared"])
+    def test_every_point(self, name):
+        model = ZOO[name]()
+        data = sample_inputs(model, batch=N)
+        before = snapshot(model)
+        stats = ks.calibrate(model, data, batch_size=6, bins=64, progress=False)
+        assert list(stats) == ks.points(model)
+        acts = ks.collect(model, data, list(stats), batch_size=6, progress=False)
+        for address, s in stats.items():
+            assert s.samples == N and s.shape == acts[address].shape[1:]
+            assert_matches_numpy(s, acts[address])
+        assert_unchanged(model, before)
+
+    @pytest.mark.backend
+    def test_core(self):
+        model = ZOO["cnn_bn"]()
+        data = sample_inputs(model, batch=N)
+        stats = ks.calibrate(model, data, ["conv:pre", "conv", "gap"], batch_size=8, progress=False)
+        acts = ks.collect(model, data, list(stats), batch_size=8, progress=False)
+        for address, s in stats.items():
+            assert_matches_numpy(s, acts[address])
+        assert 0.3 < stats["conv"].zero_fraction < 0.7  # a ReLU output
+
+    @pytest.mark.backend
+    def test_per_channel(self):
+        model = ZOO["cnn_bn"]()
+        data = sample_inputs(model, batch=N)
+        stats = ks.calibrate(model, data, ["sep:pre", "gap", "image"], per_channel=True, bins=32, progress=False)
+        acts = ks.collect(model, data, list(stats), progress=False)
+        for address, s in stats.items():
+            values = acts[address].reshape(-1, acts[address].shape[-1]).astype(np.float64)
+            assert s.channel_axis == acts[address].ndim - 1
+            np.testing.assert_array_equal(s.min, values.min(axis=0))
+            np.testing.assert_array_equal(s.max, values.max(axis=0))
+            np.testing.assert_allclose(s.mean, values.mean(axis=0), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(s.std, values.std(axis=0), rtol=1e-4, atol=1e-6)
+            counts, edges = s.histogram
+            for c in range(values.shape[1]):
+                np.testing.assert_array_equal(counts[c], np.histogram(values[:, c], bins=edges[c])[0])
+            assert s.percentile([50, 99]).shape == (values.shape[1], 2)
+
+    def test_channel_axis_and_rank_one_points(self):
+        model = ZOO["attention"]()
+        data = sample_inputs(model, batch=N)
+        stats = ks.calibrate(model, data, ["mha:scores", "predictions"], per_channel=True, channel_axis=1,
+                             progress=False)
+        scores = ks.collect(model, data, "mha:scores", progress=False)["mha:scores"]
+        heads = np.moveaxis(scores, 1, -1).reshape(-1, 2)
+        assert stats["mha:scores"].channel_axis == 1
+        np.testing.assert_array_equal(stats["mha:scores"].max, heads.max(axis=0))
+        assert stats["predictions"].channel_axis == 1 and stats["predictions"].min.shape == (3,)
+        x = keras.Input((4,), name="x")
+        flat = keras.Model(x, keras.ops.sum(layers.Dense(3, name="d")(x), axis=-1), name="flat")
+        s = ks.calibrate(flat, np.ones((4, 4)), per_channel=True, progress=False)
+        assert s[ks.points(flat)[-1]].channel_axis is None  # (batch,) has no channel
+
+    def test_constant_and_dead_points(self):
+        x = keras.Input((3,), name="x")
+        h = layers.Dense(4, activation="relu", kernel_initializer="zeros", bias_initializer="zeros", name="dead")(x)
+        model = keras.Model(x, layers.Dense(2, bias_initializer="ones", kernel_initializer="zeros", name="c")(h))
+        stats = ks.calibrate(model, np.random.default_rng(0).normal(size=(9, 3)), batch_size=4, progress=False)
+        assert stats["dead"].zero_fraction == 1.0 and stats["dead"].max == 0.0 and stats["dead"].std == 0.0
+        assert stats["c"].min == stats["c"].max == 1.0 and stats["c"].percentile(50) == 1.0
+        assert stats["c"].histogram[0].sum() == 18
+
+    def test_non_finite_values_do_not_crash(self):
+        x = keras.Input((2,), name="x")
+        model = keras.Model(x, layers.Activation("linear", name="same")(x))
+        data = np.array([[1.0, np.inf], [2.0, 3.0]], "float32")
+        s = ks.calibrate(model, data, "same", progress=False)["same"]
+        assert s.max == np.inf and s.min == 1.0
+
+    @pytest.mark.backend
+    def test_training_mode_changes_nothing(self):
+        model = ZOO["dropout"]()
+        before = snapshot(model)
+        stats = ks.calibrate(model, np.ones((32, 6)), ["dense", "drop"], training=True, progress=False)
+        assert_unchanged(model, before)
+        assert stats["drop"].zero_fraction > stats["dense"].zero_fraction
+
+
+class TestMerge:
+    def test_shards_merge_into_the_whole(self):
+        model = ZOO["cnn_bn"]()
+        data = sample_inputs(model, batch=24)
+        whole = ks.calibrate(model, data, batch_size=8, progress=False)
+        shards = [ks.calibrate(model, data[i : i + 8], batch_size=8, progress=False) for i in (0, 8, 16)]
+        merged = merge(*shards)
+        for address, s in whole.items():
+            m = merged[address]
+            assert m.samples == 24 and m.count == s.count
+            assert (m.min, m.max, m.zeros) == (s.min, s.max, s.zeros)
+            np.testing.assert_allclose([m.mean, m.std], [s.mean, s.std], rtol=1e-9, atol=1e-12)
+            np.testing.assert_array_equal(m.histogram[0], s.histogram[0])
+            np.testing.assert_array_equal(m.histogram[1], s.histogram[1])
+
+    def test_any_split_keeps_exact_statistics(self):
+        model = ZOO["mlp"]()
+        data = sample_inputs(model, batch=30)
+        whole = ks.collect(model, data, ["dense_1:pre", "predictions"], progress=False)
+        a = ks.calibrate(model, data[:7], list(whole), batch_size=3, per_channel=True, bins=16, progress=False)
+        b = ks.calibrate(model, data[7:], list(whole), batch_size=5, per_channel=True, bins=16, progress=False)
+        for merged in (a.merge(b), b.merge(a)):
+            for address, values in whole.items():
+                values = values.astype(np.float64)
+                m = merged[address]
+                np.testing.assert_array_equal(m.min, values.min(axis=0))
+                np.testing.assert_allclose(m.std, values.std(axis=0), rtol=1e-5)
+                counts, edges = m.histogram
+                for c in range(values.shape[1]):
+                    np.testing.assert_array_equal(counts[c], np.histogram(values[:, c], bins=edges[c])[0])
+
+    def test_mismatched_merges_are_refused(self):
+        model = ZOO["mlp"]()
+        data = sample_inputs(model, batch=8)
+        a = ks.calibrate(model, data, ["dense_1"], progress=False)
+        with pytest.raises(ks.DataError, match="same points"):
+            a.merge(ks.calibrate(model, data, ["dense_2"], progress=False))
+        with pytest.raises(ks.DataError, match="same `bins`"):
+            a.merge(ks.calibrate(model, data, ["dense_1"], bins=16, progress=False))
+
+
+@st.composite
+def shards(draw):
+    """Random values split into batches, at scales from tiny to huge."""
+    scale = draw(st.sampled_from([1e-6, 1.0, 1e4]))
+    offset = draw(st.sampled_from([0.0, 1.0, -300.0]))
+    sizes = draw(st.lists(st.integers(1, 40), min_size=1, max_size=6))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    kind = draw(st.sampled_from(["normal", "relu", "constant"]))
+    batches = []
+    for n in sizes:
+        v = rng.normal(size=(n, 2))
+        v = np.maximum(v, 0) if kind == "relu" else (np.ones_like(v) if kind == "constant" else v)
+        batches.append((offset + scale * v).astype("float32"))
+    return batches, draw(st.sampled_from([2, 3, 16, 2048]))
+
+
+class TestGridHistogram:
+    @settings(max_examples=40, deadline=None)
+    @given(shards())
+    def test_merging_batches_equals_one_histogram_on_the_final_grid(self, case):
+        batches, bins = case
+        parts = []
+        for b in batches:
+            x = keras.ops.convert_to_tensor(b)
+            lo, hi = keras.ops.min(x, axis=0), keras.ops.max(x, axis=0)
+            parts.append(tuple(keras.ops.convert_to_numpy(t) for t in histogram.batch_histogram(x, lo, hi, bins)))
+        e, start, counts = parts[0]
+        e, start = e.astype(np.int64), start.astype(np.int64)
+        for p in parts[1:]:
+            e, start, counts = histogram.merge((e, start, counts), p, bins)
+        values = np.concatenate(batches).astype(np.float64)
+        edges = histogram.edges(e, start, bins)
+        for c in range(2):
+            assert edges[c, 0] <= values[:, c].min() and values[:, c].max() < edges[c, -1]
+            cells = np.floor(values[:, c] / np.ldexp(1.0, int(e[c]))).astype(np.int64) - start[c]
+            np.testing.assert_array_equal(np.asarray(counts)[c], np.bincount(cells, minlength=bins))
+            span = values[:, c].max() - values[:, c].min()
+            width = edges[c, 1] - edges[c, 0]
+            assert width <= max(4 * span / bins, np.abs(values[:, c]).max() * 2.0**-19, 2.0**-99)
+
+    def test_merge_is_order_independent(self):
+        rng = np.random.default_rng(1)
+        parts = []
+        for scale in (1.0, 10.0, 0.1):
+            x = keras.ops.convert_to_tensor((rng.normal(size=(50, 1)) * scale).astype("float32"))
+            lo, hi = keras.ops.min(x, axis=0), keras.ops.max(x, axis=0)
+            parts.append(tuple(keras.ops.convert_to_numpy(t) for t in histogram.batch_histogram(x, lo, hi, 8)))
+        ab_c = histogram.merge(histogram.merge(parts[0], parts[1], 8), parts[2], 8)
+        c_ba = histogram.merge(parts[2], histogram.merge(parts[1], parts[0], 8), 8)
+        for x, y in zip(ab_c, c_ba):
+            np.testing.assert_array_equal(x, y)
+
+
+class TestExport:
+    def test_json_round_trip_keeps_everything(self, tmp_path):
+        model = ZOO["cnn_bn"]()
+        data = sample_inputs(model, batch=N)
+        stats = ks.calibrate(model, data, ["conv:pre", "gap"], batch_size=8, progress=False)
+        text = stats.to_json(tmp_path / "stats.json", indent=1)
+        d = json.loads(text)
+        assert d["model"] == "cnn_bn"
+        point = d["points"]["conv:pre"]
+        assert {"min", "max", "mean", "std", "zero_fraction", "percentiles", "histogram"} <= set(point)
+        assert set(point["percentiles"]) == {"0.1", "1", "5", "50", "95", "99", "99.9"}
+        for source in (text, tmp_path / "stats.json", str(tmp_path / "stats.json")):
+            back = Calibration.from_json(source)
+            assert back.to_dict() == stats.to_dict()
+        back = Calibration.from_dict(d)
+        twice = merge(back, stats)
+        assert twice["gap"].samples == 2 * N and twice["gap"].max == stats["gap"].max
+
+    def test_per_channel_dict(self):
+        model = ZOO["cnn_bn"]()
+        stats = ks.calibrate(model, sample_inputs(model, batch=4), "conv", per_channel=True, bins=8, progress=False)
+        d = stats["conv"].to_dict()
+        assert len(d["min"]) == 8 and len(d["percentiles"]["50"]) == 8
+        assert np.asarray(d["histogram"]["counts"]).shape == (8, 8)
+        json.dumps(d)
+        assert PointStats.from_dict(d).to_dict() == d
+        assert "8 channels" in repr(stats["conv"])
+
+
+class TestBadInput:
+    @pytest.mark.parametrize("bins", [1, 0, 2.5, True, 1 << 21])
+    def test_bins(self, bins):
+        with pytest.raises(ks.DataError, match="bins"):
+            ks.calibrate(ZOO["mlp"](), np.zeros((2, 8)), bins=bins)
+
+    def test_percentiles(self):
+        with pytest.raises(ks.DataError, match="between 0 and 100"):
+            ks.calibrate(ZOO["mlp"](), np.zeros((2, 8)), percentiles=[50, 101])
+        s = ks.calibrate(ZOO["mlp"](), np.ones((2, 8)), "dense_1", progress=False)["dense_1"]
+        with pytest.raises(ks.DataError, match="between 0 and 100"):
+            s.percentile(-1)
+
+    def test_data_points_and_batch_size(self):
+        model = ZOO["mlp"]()
+        with pytest.raises(ks.DataError, match=r"input 'x'.*\(3, 7\)"):
+            ks.calibrate(model, np.zeros((3, 7)))
+        with pytest.raises(ks.DataError, match="at least one sample"):
+            ks.calibrate(model, iter([]))
+        with pytest.raises(ks.DataError, match="batch_size"):
+            ks.calibrate(model, np.zeros((3, 8)), batch_size=0)
+        with pytest.raises(ks.AddressError, match="dense_1"):
+            ks.calibrate(model, np.zeros((3, 8)), "dense_3:pre")
