@@ -4,8 +4,9 @@ It draws its own data (squares, circles and crosses on a noisy 32x32 canvas),
 trains a small CNN for a few epochs, then shows: logits through `expose`, a
 split model, a probe pair trained with an `ActivationRecorder`, collected
 activations and calibration ranges. It writes feature maps, histograms, the
-graph drawing and a few input samples as PNG files to an output folder.
-Nothing is downloaded.
+graph drawing and a few input samples as PNG files to an output folder, with
+the trained model (``shapes_cnn.keras``) and some inputs (``shapes.npy``) to
+try the other commands on. Nothing is downloaded.
 
 Example:
     >>> from kerasurgery import demo
@@ -125,7 +126,7 @@ def run(out: str = "kerasurgery-demo", *, epochs: int = 4, seed: int = 0,
         echo: where each line of the tour goes.
 
     Returns:
-        ``{picture name: path}`` of every file written.
+        ``{name: path}`` of every file written (pictures, ``model``, ``data``).
     """
     import keras
 
@@ -184,10 +185,17 @@ def run(out: str = "kerasurgery-demo", *, epochs: int = 4, seed: int = 0,
              f"mean {float(d['mean']):7.3f}  std {float(d['std']):6.3f}")
 
     _pictures(ks, files, model, x_test, y_test, acts, stats)
-    echo(f"\n7. Pictures written to {out}:")
+    files.written["model"] = os.path.join(out, "shapes_cnn.keras")
+    model.save(files.written["model"])
+    files.written["data"] = os.path.join(out, "shapes.npy")
+    np.save(files.written["data"], x_test[:64])
+    echo(f"\n7. Files written to {out}:")
     for name, path in files.written.items():
-        echo(f"   {os.path.basename(path):22s} {_CAPTIONS[name]}")
-    echo(f"\nDone in {time.perf_counter() - start:.0f} s. Next: `kerasurgery inspect YOUR_MODEL.keras`.")
+        echo(f"   {os.path.basename(path):24s} {_CAPTIONS[name]}")
+    model_path, data_path = (os.path.relpath(files.written[k]) for k in ("model", "data"))
+    echo(f"\nDone in {time.perf_counter() - start:.0f} s. Try the command line on the demo's model:")
+    echo(f"   kerasurgery inspect {model_path}")
+    echo(f"   kerasurgery calibrate {model_path} --data {data_path} --points '*:pre' -o ranges.json")
     return files.written
 
 
@@ -197,6 +205,8 @@ _CAPTIONS = {
     "feature_maps_conv_2": "conv_2 (16 channels) for input #0",
     "histograms": "histograms of every pre-activation (from calibrate)",
     "graph": "the model's graph; exposed points in red",
+    "model": "the trained model, for `kerasurgery inspect` and friends",
+    "data": "64 test images (N, 32, 32, 1), for --data",
 }
 
 

@@ -254,14 +254,21 @@ class TestDemo:
         code, out, err = run(capsys, "demo", "--out", tmp_path / "demo")
         assert code == 0, err
         written = sorted(os.listdir(tmp_path / "demo"))
-        assert written == sorted(["inputs.png", "feature_maps_conv_1.png", "feature_maps_conv_2.png",
-                                  "histograms.png", "graph.png"])
-        for name in written:
+        pictures = ["inputs.png", "feature_maps_conv_1.png", "feature_maps_conv_2.png", "histograms.png", "graph.png"]
+        assert written == sorted(pictures + ["shapes_cnn.keras", "shapes.npy"])
+        for name in pictures:
             image = plt.imread(tmp_path / "demo" / name)
             assert min(image.shape[:2]) > 150 and image.std() > 0.01, name
-        for step in ("1. ", "2. Logits", "3. Split", "4. Probe pair", "5. Collect", "6. Calibrate", "7. Pictures"):
+        for step in ("1. ", "2. Logits", "3. Split", "4. Probe pair", "5. Collect", "6. Calibrate", "7. Files"):
             assert step in out
         assert str(tmp_path / "demo") in out
+        # the files it leaves are what the next commands it suggests need
+        model, data = tmp_path / "demo" / "shapes_cnn.keras", tmp_path / "demo" / "shapes.npy"
+        code, out, err = run(capsys, "inspect", model, "--pattern", "conv_*")
+        assert code == 0 and "conv_3" in out, err
+        code, _, err = run(capsys, "calibrate", model, "--data", data, "--points", "*:pre", "-o",
+                           tmp_path / "r.json", "--quiet")
+        assert code == 0, err
 
 
 # ---------------------------------------------------------------------------
