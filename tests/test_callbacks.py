@@ -1,0 +1,176 @@
+"""ActivationRecorder over short fits: records per epoch in memory or HDF5,
+equal to the model's activations at that epoch, probe built once."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import kerasurgery as ks
+from kerasurgery import runner
+from kerasurgery.collect import load_activations
+from zoo import ZOO, assert_unchanged, sample_inputs, snapshot
+
+POINTS = ["conv:pre", "bn", "predictions:pre"]
+
+
+def compiled_cnn():
+    model = ZOO["cnn_bn"]()
+    model.compile(keras.optimizers.SGD(0.1), "categorical_crossentropy")
+    return model
+
+
+def train_data(n=16):
+    model = ZOO["cnn_bn"]()
+    x = sample_inputs(model, batch=n)
+    y = keras.utils.to_categorical(np.arange(n) % 4, 4)
+    return x, y
+
+
+class Reference(keras.callbacks.Callback):
+    """What the recorder should see: a fresh probe's output at each epoch end."""
+
+    def __init__(self, data):
+        super().__init__()
+        self.data = data
+        self.records = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        probe = ks.expose(self.model, POINTS)
+        self.records.append({k: np.asarray(v) for k, v in probe(self.data, training=False).items()})
+
+
+class TestInMemory:
+    @pytest.mark.backend
+    def test_records_equal_the_model_at_each_epoch(self):
+        model = compiled_cnn()
+        x, y = train_data()
+        recorder = ks.ActivationRecorder(POINTS, x[:6], batch_size=4)
+        reference = Reference(x[:6])
+        model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[recorder, reference])
+        assert recorder.epochs == [0, 1, 2]
+        assert list(recorder.history) == POINTS
+        for address in POINTS:
+            assert len(recorder.history[address]) == 3
+            for record, expected in zip(recorder.history[address], reference.records):
+                np.testing.assert_allclose(record, expected[address], atol=1e-5)
+        assert not np.allclose(recorder.history["predictions:pre"][0], recorder.history["predictions:pre"][2])
+
+    def test_every(self):
+        model = compiled_cnn()
+        x, y = train_data()
+        recorder = ks.ActivationRecorder("predictions", x[:5], every=2)
+        model.fit(x, y, epochs=5, verbose=0, callbacks=[recorder])
+        assert recorder.epochs == [1, 3]
+        assert [a.shape for a in recorder.history["predictions"]] == [(5, 4), (5, 4)]
+
+    def test_probe_is_built_once_and_shares_weights(self, monkeypatch):
+        model = compiled_cnn()
+        x, y = train_data()
+        built = []
+        real = runner.expose
+        monkeypatch.setattr(runner, "expose", lambda *a, **k: built.append(1) or real(*a, **k))
+        runner.clear_cache()
+        recorder = ks.ActivationRecorder(POINTS, x[:4])
+        model.fit(x, y, epochs=3, verbose=0, callbacks=[recorder])
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[recorder])
+        assert len(built) == 1 and len(recorder.epochs) == 4
+        model_vars = {id(v) for v in model.weights}
+        assert all(id(v) in model_vars for v in recorder.probe.weights)
+
+    def test_recording_does_not_change_the_model(self):
+        model = compiled_cnn()
+        x, y = train_data()
+        recorder = ks.ActivationRecorder(POINTS, x[:4], training=True)
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[recorder])
+        before = snapshot(model)
+        recorder.record(epoch=99)
+        assert_unchanged(model, before)
+        assert recorder.epochs == [0, 99]
+
+    def test_data_sources(self):
+        import tensorflow as tf
+
+        model = compiled_cnn()
+        x, y = train_data()
+        batches = [x[:3], x[3:6]]
+        sources = [tf.data.Dataset.from_tensor_slices(x[:6]).batch(4), batches, (x[:6], y[:6])]
+        recorders = [ks.ActivationRecorder("bn", s) for s in sources]
+        model.fit(x, y, epochs=1, verbose=0, callbacks=recorders)
+        for r in recorders[1:]:
+            np.testing.assert_allclose(r.history["bn"][0], recorders[0].history["bn"][0], atol=1e-6)
+
+
+class TestHDF5:
+    def test_file_appears_at_the_end_and_equals_memory(self, tmp_path):
+        model = compiled_cnn()
+        x, y = train_data()
+        path = tmp_path / "records.h5"
+        on_disk = ks.ActivationRecorder(POINTS, x[:6], path=path, batch_size=4)
+        in_memory = ks.ActivationRecorder(POINTS, x[:6], batch_size=4)
+
+        class Watch(keras.callbacks.Callback):
+            seen = []
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.seen.append(os.path.exists(path))
+
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[on_disk, in_memory, Watch()])
+        assert Watch.seen == [False, False]
+        assert on_disk.history == {}
+        assert os.listdir(tmp_path) == ["records.h5"]
+        with load_activations(path) as records:
+            assert list(records) == POINTS
+            assert list(records.attrs["epochs"]) == [0, 1]
+            for address in POINTS:
+                assert records[address].shape == (2, 6, *in_memory.history[address][0].shape[1:])
+                assert records[address].attrs["address"] == address
+                for i in range(2):
+                    np.testing.assert_array_equal(records[address][i], in_memory.history[address][i])
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[on_disk])  # a second fit continues the file
+        with load_activations(path) as records:
+            assert records["bn"].shape[0] == 3 and list(records.attrs["epochs"]) == [0, 1, 0]
+
+    def test_existing_file_is_refused_unless_overwrite(self, tmp_path):
+        path = tmp_path / "records.h5"
+        path.write_text("old")
+        with pytest.raises(ks.DataError, match="already exists"):
+            ks.ActivationRecorder("bn", np.zeros((2, 16, 16, 3)), path=path)
+        recorder = ks.ActivationRecorder("bn", np.zeros((2, 16, 16, 3), "float32"), path=path, overwrite=True)
+        model = compiled_cnn()
+        x, y = train_data()
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[recorder])
+        with load_activations(path) as records:
+            assert records["bn"].shape == (1, 2, 16, 16, 8)
+
+
+class TestBadInput:
+    @pytest.mark.parametrize("every", [0, -1, 1.5, True])
+    def test_every(self, every):
+        with pytest.raises(ks.DataError, match="every"):
+            ks.ActivationRecorder("bn", np.zeros((2, 16, 16, 3)), every=every)
+
+    def test_one_shot_generator_is_refused(self):
+        def batches():
+            yield np.zeros((2, 16, 16, 3))
+
+        with pytest.raises(ks.DataError, match="used up after one pass"):
+            ks.ActivationRecorder("bn", batches())
+
+    def test_missing_folder_and_batch_size(self, tmp_path):
+        with pytest.raises(ks.DataError, match="existing folder"):
+            ks.ActivationRecorder("bn", np.zeros((2, 16, 16, 3)), path=tmp_path / "no" / "r.h5")
+        with pytest.raises(ks.DataError, match="batch_size"):
+            ks.ActivationRecorder("bn", np.zeros((2, 16, 16, 3)), batch_size=0)
+
+    @pytest.mark.backend
+    def test_unknown_point_and_bad_data_fail_at_train_begin(self):
+        model = compiled_cnn()
+        x, y = train_data()
+        with pytest.raises(ks.AddressError, match="bn"):
+            model.fit(x, y, epochs=1, verbose=0, callbacks=[ks.ActivationRecorder("bm", x[:2])])
+        with pytest.raises(ks.DataError, match=r"input 'image'.*\(2, 16, 16\)"):
+            model.fit(x, y, epochs=1, verbose=0, callbacks=[ks.ActivationRecorder("bn", x[:2, :, :, 0])])
