@@ -33,18 +33,32 @@ def train_data(n=16):
 class Reference(keras.callbacks.Callback):
     """What the recorder should see: a fresh probe's output at each epoch end."""
 
-    def __init__(self, data):
+    def __init__(self, data, points=POINTS):
         super().__init__()
         self.data = data
+        self.points = points
         self.records = []
 
     def on_epoch_end(self, epoch, logs=None):
-        probe = ks.expose(self.model, POINTS)
+        probe = ks.expose(self.model, self.points)
         self.records.append({k: np.asarray(v) for k, v in probe(self.data, training=False).items()})
 
 
 class TestInMemory:
     @pytest.mark.backend
+    def test_small_model_with_dropout_and_batchnorm(self):
+        model = ZOO["dropout"]()
+        model.compile(keras.optimizers.SGD(0.1), "mse")
+        x = np.random.default_rng(0).normal(size=(12, 6)).astype("float32")
+        points = ["dense:pre", "drop", "bn"]
+        recorder = ks.ActivationRecorder(points, x[:5], batch_size=2)
+        reference = Reference(x[:5], points)
+        model.fit(x, np.zeros((12, 2)), epochs=2, verbose=0, callbacks=[recorder, reference])
+        assert recorder.epochs == [0, 1]
+        for address in points:
+            for record, expected in zip(recorder.history[address], reference.records):
+                np.testing.assert_allclose(record, expected[address], atol=1e-5)
+
     def test_records_equal_the_model_at_each_epoch(self):
         model = compiled_cnn()
         x, y = train_data()
@@ -166,7 +180,6 @@ class TestBadInput:
         with pytest.raises(ks.DataError, match="batch_size"):
             ks.ActivationRecorder("bn", np.zeros((2, 16, 16, 3)), batch_size=0)
 
-    @pytest.mark.backend
     def test_unknown_point_and_bad_data_fail_at_train_begin(self):
         model = compiled_cnn()
         x, y = train_data()
