@@ -20,6 +20,8 @@ from typing import Any
 
 from kerasurgery import layers  # registers the serializable layers
 from kerasurgery.address import points
+from kerasurgery.callbacks import ActivationRecorder
+from kerasurgery.collect import collect
 from kerasurgery.compare import compare
 from kerasurgery.errors import (
     AddressError,
@@ -30,18 +32,16 @@ from kerasurgery.errors import (
     TransformError,
 )
 from kerasurgery.graph import Ref, Slot, check_graph, to_graph, to_model
+from kerasurgery.stats import calibrate
 from kerasurgery.transforms import expose, insert_taps, probe_pair, split_activations
 
 __version__ = "0.1.0"
 
-# Imported on first use: they pull in h5py or matplotlib, or are large.
-# (A function whose module has the same name, like `compare`, must be imported
-# eagerly: importing the submodule would otherwise rebind the package attribute
-# to the module.)
+# `plot` is imported on first use: it pulls in matplotlib, an optional extra.
+# (Functions whose module has the same name, like `collect` and `compare`, are
+# imported eagerly above: importing the submodule later would otherwise rebind
+# the package attribute to the module.)
 _LAZY = {
-    "collect": ("kerasurgery.collect", "collect"),
-    "calibrate": ("kerasurgery.stats", "calibrate"),
-    "ActivationRecorder": ("kerasurgery.callbacks", "ActivationRecorder"),
     "plot": ("kerasurgery.plot", None),
 }
 
