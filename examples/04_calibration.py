@@ -32,7 +32,7 @@ def main(out: str) -> None:
 
     stats = ks.calibrate(model, x, "*:pre", batch_size=64)
     ranges = {}
-    print(f"{'point':16s} {'min':>8s} {'max':>8s} {'p-clip':>8s}  int8 scale (range / clipped)")
+    print(f"{'point':16s} {'min':>8s} {'max':>8s} {'clipped':>8s}  int8 scale (range / clipped)")
     for address, s in stats.items():
         d = s.to_dict()
         percentiles = {float(q): float(v) for q, v in d["percentiles"].items()}

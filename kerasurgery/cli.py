@@ -115,6 +115,12 @@ def _shape(value: Any) -> str:
     return "?" if shape is None else "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 
 
+def _print_columns(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))] if rows else []
+    for row in rows:
+        print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
 # ---------------------------------------------------------------------------
 # commands
 
@@ -182,9 +188,7 @@ def cmd_expose(args: argparse.Namespace) -> int:
     probe = ks.expose(model, args.points, keep_outputs=args.keep_outputs)
     probe.save(args.output)
     print(f"probe model '{probe.name}' with {len(probe.output)} output(s), sharing the original's weights:")
-    width = max(len(k) for k in probe.output)
-    for name, tensor in probe.output.items():
-        print(f"  {name.ljust(width)}  {_shape(tensor)}")
+    _print_columns([(name, _shape(tensor)) for name, tensor in probe.output.items()])
     print(f"wrote {args.output}  (load it with `import kerasurgery` then keras.saving.load_model)")
     return 0
 
@@ -200,10 +204,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
         path=args.output, progress=_progress(args), overwrite=args.overwrite,
     )
     try:
-        width = max((len(k) for k in result), default=0)
         print(f"collected {len(result)} point(s) over {_count(data)} sample(s):")
-        for address, value in result.items():
-            print(f"  {address.ljust(width)}  {_shape(value)}  {getattr(value, 'dtype', '')}")
+        _print_columns([(a, _shape(v), str(getattr(v, "dtype", ""))) for a, v in result.items()])
     finally:
         getattr(result, "close", lambda: None)()
     print(f"wrote {args.output}  (read it with kerasurgery.collect.load_activations(path)[address])")

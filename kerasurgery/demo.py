@@ -128,6 +128,15 @@ def run(out: str = "kerasurgery-demo", *, epochs: int = 4, seed: int = 0,
     Returns:
         ``{name: path}`` of every file written (pictures, ``model``, ``data``).
     """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        from kerasurgery.errors import KerasurgeryError
+
+        raise KerasurgeryError(
+            "Expected matplotlib for the demo's pictures. Received: it is not installed. "
+            'Install it with `pip install "kerasurgery[plot]"` (or `pip install matplotlib`).'
+        ) from None
     import keras
 
     import kerasurgery as ks
