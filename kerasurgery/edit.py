@@ -205,4 +205,7 @@ def copy_weights(src: Any, dst: Any) -> None:
             f"original. Received: {len(dst.weights)}."
         )
     for s, d in zip(src.weights, dst.weights):
-        d.assign(s.value)
+        # A copy, not the value itself: on JAX, `assign` would make both
+        # variables hold one buffer, and the copy's jitted predict/fit (which
+        # donate their state) would then delete the original's weights.
+        d.assign(keras.ops.copy(s.value))

@@ -10,14 +10,11 @@ Both are registered under the package name ``kerasurgery``; importing
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import keras
 
 from kerasurgery import kinds
-
-_SWAP_LOCK = threading.RLock()
 
 
 @keras.saving.register_keras_serializable(package="kerasurgery")
@@ -83,10 +80,12 @@ class PreActivation(_Wrapper):
     ``PreActivation(dense)(x)`` equals ``x @ dense.kernel + dense.bias`` for a
     Dense layer, whatever ``dense.activation`` is. The wrapped layer is not
     copied: its variables are this layer's variables, so training either moves
-    both. During the call the wrapped layer's ``activation`` attribute is
-    swapped for the identity and restored right after (under a lock), which
-    is why only layers that apply ``self.activation`` as the last step of
-    ``call`` are accepted (see `kerasurgery.kinds.SEPARABLE_LAYERS`).
+    both. The wrapped layer itself is never modified: each call runs its
+    ``call`` on a shallow view of it (same attributes and variables, identity
+    activation), so eager forward passes (every pass on PyTorch) are safe
+    while other threads run the original model. Only layers that apply
+    ``self.activation`` as the last step of ``call`` are accepted (see
+    `kerasurgery.kinds.SEPARABLE_LAYERS`).
 
     Args:
         layer: a built layer with a separable fused activation.
@@ -115,17 +114,24 @@ class PreActivation(_Wrapper):
         self.built = True
 
     def call(self, inputs):
-        layer = self.layer
-        with _SWAP_LOCK:
-            saved = layer.__dict__["activation"]
-            object.__setattr__(layer, "activation", keras.activations.linear)
-            try:
-                return layer.call(inputs)
-            finally:
-                object.__setattr__(layer, "activation", saved)
+        return _linear_view(self.layer).call(inputs)
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
+
+
+def _linear_view(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """`layer` with an identity activation, sharing every attribute and variable.
+
+    A new object of the same class whose ``__dict__`` is a copy of `layer`'s
+    with ``activation`` replaced; `layer` is not touched, so no lock is needed
+    and concurrent calls of `layer` keep their activation. Made per call, so it
+    sees the layer's current state (LoRA, quantization, new variables).
+    """
+    view = object.__new__(type(layer))
+    view.__dict__.update(layer.__dict__)
+    view.__dict__["activation"] = keras.activations.linear
+    return view
 
 
 @keras.saving.register_keras_serializable(package="kerasurgery")

@@ -128,7 +128,9 @@ class TestTrainingSemantics:
         data = np.random.default_rng(0).standard_normal((8, 4)).astype("float32")
         for training in (None, False, True):
             np.testing.assert_allclose(
-                np.asarray(model(data, training=training)), np.asarray(rebuilt(data, training=training)), atol=1e-5
+                keras.ops.convert_to_numpy(model(data, training=training)),
+                keras.ops.convert_to_numpy(rebuilt(data, training=training)),
+                atol=1e-5,
             )
 
 

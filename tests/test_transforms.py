@@ -48,7 +48,7 @@ def test_expose_every_point(name, tmp_path):
     before = snapshot(model)
     everything = ks.points(model)
     probe = ks.expose(model, everything)
-    got = {k: np.asarray(v) for k, v in probe(data, training=False).items()}
+    got = {k: keras.ops.convert_to_numpy(v) for k, v in probe(data, training=False).items()}
     assert list(got) == everything or set(got) == set(everything)
     values = eager_values(model, data)
     graph = ks.to_graph(model)
@@ -58,7 +58,7 @@ def test_expose_every_point(name, tmp_path):
             np.testing.assert_allclose(got[address], ref, atol=1e-5, err_msg=address)
         if address.endswith(":pre") and kinds.fused_activation(graph.nodes[address[:-4]]["op"]) is not None:
             act = graph.nodes[address[:-4]]["op"].activation
-            np.testing.assert_allclose(np.asarray(act(got[address])), got[address[:-4]], atol=1e-5, err_msg=address)
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(act(got[address])), got[address[:-4]], atol=1e-5, err_msg=address)
     # The probe shares every variable with the model.
     assert {id(v) for v in probe.weights} <= {id(v) for v in model.weights}
     assert_unchanged(model, before)
@@ -80,7 +80,7 @@ class TestExpose:
         out = ks.expose(model, ["conv:pre", "conv"]).predict(data, verbose=0)
         conv = model.get_layer("conv")
         ref = keras.ops.conv(data, conv.kernel, strides=1, padding="same") + conv.bias
-        np.testing.assert_allclose(out["conv:pre"], np.asarray(ref), atol=1e-4)
+        np.testing.assert_allclose(out["conv:pre"], keras.ops.convert_to_numpy(ref), atol=1e-4)
         np.testing.assert_allclose(out["conv"], np.maximum(out["conv:pre"], 0), atol=1e-6)
         assert (out["conv:pre"] < 0).any()  # a real pre-activation, not the relu output
 
@@ -128,7 +128,7 @@ class TestExpose:
         np.testing.assert_allclose(out["mha:scores"].sum(-1), 1.0, atol=1e-5)
         mha = model.get_layer("mha")
         _, ref = mha(out["embed"], out["embed"], attention_mask=data[1], return_attention_scores=True)
-        np.testing.assert_allclose(out["mha:scores"], np.asarray(ref), atol=1e-5)
+        np.testing.assert_allclose(out["mha:scores"], keras.ops.convert_to_numpy(ref), atol=1e-5)
 
     def test_only_needed_part_is_computed(self):
         model = cnn_bn()
@@ -362,3 +362,63 @@ def test_split_layers_by_predicate():
         ks.split_activations(model, lambda key: False)
     with pytest.raises(ks.AddressError, match="Expected `layers`"):
         ks.split_activations(model, 3)
+
+
+@pytest.mark.backend
+class TestBackendRegressions:
+    def test_pre_activation_never_touches_the_wrapped_layer(self):
+        """PreActivation used to swap the layer's activation during its call: a concurrent
+        call of the original model (every eager pass, every pass on torch) then lost its relu."""
+        seen = []
+
+        class SpyDense(keras.layers.Dense):
+            def call(self, inputs):
+                seen.append(original.activation)
+                return super().call(inputs)
+
+        original = SpyDense(4, activation="relu", name="spy")
+        x = keras.Input((3,), name="x")
+        model = keras.Model(x, original(x))
+        seen.clear()
+        data = np.random.default_rng(0).standard_normal((5, 3)).astype("float32")
+        pre = ks.expose(model, ["spy:pre"])(data)["spy:pre"]
+        assert seen and all(fn is original.activation for fn in seen)
+        w, b = original.get_weights()
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(pre), data @ w + b, atol=1e-5)
+
+    def test_original_runs_correctly_while_a_probe_runs_in_another_thread(self):
+        import threading
+
+        x = keras.Input((16,), name="x")
+        model = keras.Model(x, keras.layers.Dense(16, activation="relu", name="d")(x))
+        probe = ks.expose(model, ["d:pre"])
+        data = np.random.default_rng(0).standard_normal((4, 16)).astype("float32")
+        done = threading.Event()
+
+        def run_probe():
+            while not done.is_set():
+                probe(data)
+
+        thread = threading.Thread(target=run_probe)
+        thread.start()
+        try:
+            negative = sum(bool((keras.ops.convert_to_numpy(model(data)) < 0).any()) for _ in range(150))
+        finally:
+            done.set()
+            thread.join()
+        assert negative == 0
+
+    def test_copies_do_not_share_buffers_with_the_original(self):
+        """On JAX, predict/fit donate the model's state: a copy whose variables held the
+        original's very arrays deleted the original's weights."""
+        model = mlp()
+        data = sample_inputs(model, batch=8)
+        before = snapshot(model)
+        split = ks.split_activations(model)
+        split.predict(data, verbose=0)
+        training, checking = ks.probe_pair(model, ["dense_2:pre"], copy=True)
+        checking.predict(data, verbose=0)
+        training.compile(optimizer="sgd", loss="mse")
+        training.fit(data, np.zeros((8, 3), "float32"), epochs=1, verbose=0)
+        assert_unchanged(model, before)
+        model.predict(data, verbose=0)
