@@ -252,8 +252,8 @@ def _count(data: Any) -> int:
 # parser
 
 
-def _model_parent() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
+def _model_parent() -> _Parser:
+    parent = _Parser(add_help=False)
     parent.add_argument("model", metavar="MODEL", help="a saved model: MODEL.keras (or legacy .h5)")
     parent.add_argument("--unsafe", action="store_true",
                         help="allow Python code in the file (Lambda layers); only for files you trust")

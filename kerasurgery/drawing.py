@@ -212,7 +212,7 @@ def to_dot(
 # layout without Graphviz
 
 
-def _ranks(view: nx.DiGraph, order: list[str]) -> dict[str, int]:
+def _ranks(view: nx.DiGraph, order: list[str]) -> dict[Any, int]:
     """Longest-path depth from the inputs; a source sits just above its first use."""
     rank: dict[str, int] = {}
     for key in order:
@@ -247,7 +247,7 @@ def layered_layout(
         [(x, y), ...]}`` bend points of the long edges, top to bottom.
     """
     order = list(nx.topological_sort(view))
-    rank = _ranks(view, order)
+    rank: dict[Any, int] = _ranks(view, order)
     layered = nx.DiGraph()
     layered.add_nodes_from(order)
     chains: dict[tuple[str, str], list[tuple]] = {}

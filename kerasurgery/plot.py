@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from kerasurgery import histdata
 from kerasurgery.errors import DataError
 
 _SCALES = ("shared", "per_map")
@@ -64,7 +65,7 @@ def _subplots(count: int, cell: float, extra_width: float = 0.0) -> tuple[Any, l
 def _array(value: Any, what: str) -> np.ndarray:
     try:
         return np.asarray(value)
-    except Exception as e:
+    except (TypeError, ValueError) as e:
         raise DataError(f"Expected {what} as an array. Received: {type(value).__name__} ({e}).") from None
 
 
@@ -181,86 +182,6 @@ def feature_maps(
 # histograms
 
 
-def _stats_parts(value: Any) -> tuple | None:
-    """``(counts, edges, min, max, percentiles)`` of a statistics object from
-    `kerasurgery.calibrate`, of its ``to_dict()``, or None for anything else.
-
-    Counts and edges have a leading channel axis; per-channel statistics keep one
-    row per channel."""
-    if isinstance(value, np.ndarray):
-        return None
-    hist = getattr(value, "histogram", None)
-    if not isinstance(value, Mapping) and isinstance(hist, tuple) and len(hist) == 2:  # a PointStats
-        counts, edges = hist
-        quantiles = tuple(getattr(value, "quantiles", ()) or ())
-        per_tensor = np.ndim(value.min) == 0
-        found = value.percentile(quantiles) if quantiles and per_tensor else ()
-        return counts, edges, value.min, value.max, dict(zip(quantiles, np.atleast_1d(found)))
-    if not isinstance(value, Mapping) and callable(getattr(value, "to_dict", None)):
-        value = value.to_dict()
-    if not isinstance(value, Mapping):
-        return None
-    hist = value.get("histogram")
-    if not isinstance(hist, Mapping) or "counts" not in hist:
-        return None
-    counts = np.asarray(hist["counts"], dtype="float64")
-    if "edges" in hist:
-        edges = np.asarray(hist["edges"], dtype="float64")
-    else:  # the grid form: per channel, a first edge and a cell width
-        low = np.atleast_1d(np.asarray(hist["low"], dtype="float64"))
-        width = np.atleast_1d(np.asarray(hist["width"], dtype="float64"))
-        edges = low[:, None] + width[:, None] * np.arange(counts.shape[-1] + 1)
-    percentiles = value.get("percentiles") or {}
-    if any(np.ndim(v) for v in percentiles.values()):
-        percentiles = {}
-    return counts, edges, value.get("min"), value.get("max"), dict(percentiles)
-
-
-def _coarsen(counts: np.ndarray, edges: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """A statistics histogram for drawing: empty ends cut, cells merged to about `bins`.
-
-    Several channels are first put on one shared grid (each cell's count at
-    its centre), so the result is always one histogram."""
-    counts, edges = np.atleast_2d(counts), np.atleast_2d(edges)
-    if counts.shape[0] > 1:
-        centres = (edges[:, :-1] + edges[:, 1:]) / 2
-        lo = edges[:, :-1][counts > 0].min(initial=edges.max())
-        hi = edges[:, 1:][counts > 0].max(initial=edges.min())
-        merged, shared = np.histogram(centres.ravel(), bins=bins, range=(lo, hi), weights=counts.ravel())
-        return merged, shared
-    counts, edges = counts[0], edges[0]
-    used = np.flatnonzero(counts)
-    if used.size:
-        counts, edges = counts[used[0]:used[-1] + 1], edges[used[0]:used[-1] + 2]
-    group = max(1, math.ceil(len(counts) / bins))
-    pad = (-len(counts)) % group
-    counts = np.concatenate([counts, np.zeros(pad)]).reshape(-1, group).sum(axis=1)
-    width = edges[1] - edges[0] if len(edges) > 1 else 1.0
-    edges = edges[0] + width * group * np.arange(len(counts) + 1)
-    return counts, edges
-
-
-def _panel_data(name: str, value: Any, bins: int) -> dict:
-    parts = _stats_parts(value)
-    if parts is not None:
-        counts, edges, lo, hi, percentiles = parts
-        counts, edges = _coarsen(np.asarray(counts, "float64"), np.asarray(edges, "float64"), bins)
-        lo = None if lo is None else float(np.min(lo))
-        hi = None if hi is None else float(np.max(hi))
-        return {"counts": counts, "edges": edges, "min": lo, "max": hi, "percentiles": percentiles}
-    data = _array(value, f"the activations of {name!r}")
-    if data.dtype.kind not in "biuf":
-        raise DataError(
-            f"Expected an array or calibrate statistics for {name!r}. Received: {type(value).__name__}."
-        )
-    data = data.astype("float64").ravel()
-    data = data[np.isfinite(data)]
-    if data.size == 0:
-        raise DataError(f"Expected finite values to histogram for {name!r}. Received: none.")
-    counts, edges = np.histogram(data, bins=bins)
-    return {"counts": counts, "edges": edges, "min": data.min(), "max": data.max(), "percentiles": {}}
-
-
 def histograms(
     data: Any,
     *,
@@ -321,7 +242,7 @@ def histograms(
     fig, axes = _subplots(len(names), cell)
     legend: dict[str, Any] = {}
     for ax, name in zip(axes, names):
-        panel = _panel_data(name, data[name], bins)
+        panel = histdata.panel(name, data[name], bins)
         edges = panel["edges"]
         ax.stairs(panel["counts"], edges, fill=True, color="#4c72b0", alpha=0.85)
         for q, v in sorted(panel["percentiles"].items(), key=lambda kv: float(kv[0])):

@@ -96,8 +96,8 @@ def point_table(model_or_graph: Any, pattern: str | None = None) -> list[dict]:
             shape = data["output_shapes"][point.index]
             if len(data["output_shapes"]) > 1:
                 activation = ""
-        rows.append(dict(address=address, layer=str(data.get("class_name", "")), shape=shape_text(shape),
-                         activation=activation, params=params))
+        rows.append({"address": address, "layer": str(data.get("class_name", "")), "shape": shape_text(shape),
+                     "activation": activation, "params": params})
     return rows
 
 
