@@ -379,3 +379,8 @@ class TestConsoleScript:
         # TensorFlow may print a banner on import; our own output is the last line.
         assert bad.stderr.strip().splitlines()[-1].startswith("kerasurgery inspect: error: Expected a model "
                                                               "without Python code")
+
+    def test_python_dash_m(self):
+        result = subprocess.run([sys.executable, "-m", "kerasurgery", "--version"], capture_output=True,
+                                text=True, timeout=120, check=False)
+        assert result.returncode == 0 and result.stdout.startswith("kerasurgery ")

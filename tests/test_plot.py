@@ -326,6 +326,14 @@ class TestGraph:
         ks.plot.save_graph(zoo.mlp(), tmp_path / "g.svg")
         assert (tmp_path / "g.svg").read_bytes() == b"<svg/>" and seen[-1][1] == "svg"
 
+    @pytest.mark.skipif(not graphplot.graphviz_available(), reason="pydot or Graphviz's dot not installed")
+    def test_real_graphviz(self, tmp_path):
+        fig = ks.plot.graph(zoo.siamese(), highlight=["encoder/proj@1"])
+        assert image_axes(fig)[0].images[0].get_array().shape[0] > 100
+        ks.plot.save_graph(zoo.siamese(), tmp_path / "g.svg")
+        text = (tmp_path / "g.svg").read_text()
+        assert "<svg" in text and "proj@1" in text and "encoder" in text
+
     def test_large_graph_stays_a_bounded_picture(self):
         import keras
 
