@@ -138,11 +138,15 @@ def _matplotlib_figure(graph: Any, keys: set[str], title: str | None, show_shape
     sizes = {k: _box_size(labels[k], font) for k in view}
     centre = {k: (x * scale_x, y * scale_y) for k, (x, y) in pos.items()}
 
-    fig = plt.figure(figsize=(width * shrink, height * shrink))
+    title = title or view.graph["name"]
+    title_size = 11 * max(shrink, 0.7)
+    fig_width = max(width * shrink, len(title) * title_size * 0.6 / 72 + 0.4)  # the title must fit
+    fig = plt.figure(figsize=(fig_width, height * shrink))
     ax = fig.add_axes((0, 0, 1, 1 - 0.5 / (height * shrink)))
     left, right = min(xs) * scale_x - scale_x / 2, max(xs) * scale_x + scale_x / 2
     bottom, top = min(ys) * scale_y - scale_y / 2, max(ys) * scale_y + scale_y / 2
-    ax.set_xlim(left, right)
+    extra = max(0.0, fig_width - (right - left)) / 2  # x in inches: boxes keep their size
+    ax.set_xlim(left - extra, right + extra)
     ax.set_ylim(bottom, top)
     ax.set_axis_off()
 
@@ -171,7 +175,7 @@ def _matplotlib_figure(graph: Any, keys: set[str], title: str | None, show_shape
                       ls="--" if data["kind"] == "op" else "-"),
         )
         text.set_gid(key)
-    ax.set_title(title or view.graph["name"], fontsize=11 * max(shrink, 0.7), pad=4)
+    ax.set_title(title, fontsize=title_size, pad=4)
     return fig
 
 
