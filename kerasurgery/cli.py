@@ -48,10 +48,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-class _Failure(Exception):
-    """A user error already phrased for the command line."""
-
-
 # ---------------------------------------------------------------------------
 # shared steps
 
@@ -101,7 +97,7 @@ def _check_inputs(model: Any, data_path: str | None, limit: int | None = None) -
             return rng.random(full) > 0.2
         if "int" in dtype:
             return np.zeros(full, dtype)
-        return rng.standard_normal(full).astype(dtype)
+        return rng.standard_normal(full).astype("float32")
 
     return map_structure(make, structure)
 
