@@ -1,8 +1,13 @@
-"""keras.applications models (weights=None, small inputs): round trip and transforms.
+"""Every keras.applications model (weights=None, smallest input): round trip and transforms.
 
-A few representative models run in the default suite; the rest are marked
-slow (`pytest -m slow`).
+The models are listed from `keras.applications` itself, so none is forgotten.
+Two representative models run in the default suite; the rest are marked slow
+(`pytest -m slow`). `benchmarks/compat_table.py` runs the same checks and
+writes docs/compatibility.md.
 """
+
+import gc
+import inspect
 
 import keras
 import numpy as np
@@ -10,30 +15,31 @@ import pytest
 
 import kerasurgery as ks
 from kerasurgery import kinds
-from zoo import assert_roundtrip, assert_unchanged, snapshot
+from kerasurgery.address import Resolver
+from kerasurgery.edit import input_feed
+from kerasurgery.graph import fill
+from zoo import assert_roundtrip, assert_unchanged, eager_values, snapshot
 
 A = keras.applications
+NAMES = sorted(n for n in dir(A) if n[:1].isupper() and inspect.isfunction(getattr(A, n)))
+#: The smallest input side Keras accepts for each model; 32 for all others.
+MIN_SIZE = {"Xception": 71, "InceptionV3": 75, "InceptionResNetV2": 75}
 FAST = {
     "MobileNetV3Small": (A.MobileNetV3Small, 32),
     "ConvNeXtTiny": (A.ConvNeXtTiny, 32),
 }
-SLOW = {
-    "MobileNetV2": (A.MobileNetV2, 32),
-    "MobileNet": (A.MobileNet, 32),
-    "ResNet50": (A.ResNet50, 32),
-    "ResNet50V2": (A.ResNet50V2, 32),
-    "EfficientNetB0": (A.EfficientNetB0, 32),
-    "EfficientNetV2B0": (A.EfficientNetV2B0, 32),
-    "DenseNet121": (A.DenseNet121, 32),
-    "VGG16": (A.VGG16, 32),
-    "Xception": (A.Xception, 71),
-    "InceptionV3": (A.InceptionV3, 75),
-    "NASNetMobile": (A.NASNetMobile, 32),
-    "MobileNetV3Large": (A.MobileNetV3Large, 32),
-}
+SLOW = {n: (getattr(A, n), MIN_SIZE.get(n, 32)) for n in NAMES if n not in FAST}
 CASES = [pytest.param(n, *spec, id=n) for n, spec in FAST.items()] + [
     pytest.param(n, *spec, id=n, marks=pytest.mark.slow) for n, spec in SLOW.items()
 ]
+
+
+@pytest.fixture
+def free_memory():
+    """Big models (ConvNeXtXLarge: 350M parameters) must not pile up in one process."""
+    yield
+    keras.backend.clear_session()
+    gc.collect()
 
 
 def build(factory, size):
@@ -46,29 +52,80 @@ def run(model, data):
     return np.asarray(model(data, training=False))
 
 
+def pre_reference(graph, point, values):
+    """The value before the activation, without kerasurgery's layers.
+
+    An activation layer's input, or a copy of a fused layer with a linear
+    activation (same weights) called on the same arguments.
+    """
+    node = graph.nodes[point.node]
+    op = node["op"]
+    if kinds.is_activation_layer(op):
+        parent, index, _ = input_feed(graph, point.node)
+        return values[parent][index]
+    linear = type(op).from_config({**op.get_config(), "activation": "linear"})
+    slots = {s: values[p][i] for p, _, e in graph.in_edges(point.node, data=True) for i, s in e["feeds"]}
+    args = fill(node["args"], slots)
+    linear.build(np.shape(args[0]))
+    linear.set_weights(op.get_weights())
+    return np.asarray(linear(*args, **fill(node["kwargs"], slots)))
+
+
+def test_every_application_is_covered():
+    assert len(NAMES) >= 40
+    assert set(FAST) | set(SLOW) == set(NAMES)
+    for family in ("ConvNeXtXLarge", "DenseNet201", "EfficientNetB7", "EfficientNetV2L", "InceptionResNetV2",
+                   "MobileNetV3Large", "NASNetLarge", "ResNet152V2", "VGG19", "Xception"):
+        assert family in NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_smallest_input(name):
+    """One pixel less than the size used here is refused by Keras (before any layer is built)."""
+    size = MIN_SIZE.get(name, 32)
+    with pytest.raises(ValueError, match=f"at least {size}"):
+        getattr(A, name)(weights=None, input_shape=(size - 1, size - 1, 3), classes=10)
+
+
 @pytest.mark.parametrize("name, factory, size", CASES)
-def test_application(name, factory, size, tmp_path):
+def test_application(name, factory, size, tmp_path, free_memory):
     model, data = build(factory, size)
     before = snapshot(model)
     expected = run(model, data)
+    graph = ks.to_graph(model)
+    resolver = Resolver(graph)
+    values = eager_values(model, data)
 
-    rebuilt = ks.to_model(ks.to_graph(model))
+    rebuilt = ks.to_model(graph)
     np.testing.assert_allclose(run(rebuilt, data), expected, atol=1e-5)
+    assert {id(v) for v in rebuilt.weights} == {id(v) for v in model.weights}
 
     split = ks.split_activations(model)
     np.testing.assert_allclose(run(split, data), expected, atol=1e-5)
     assert not [x.name for x in split._flatten_layers(include_self=False) if kinds.fused_activation(x) is not None]
+    assert not {id(v) for v in split.weights} & {id(v) for v in model.weights}
 
-    last = model.layers[-1]
-    logits = ks.expose(model, [f"{last.name}:pre"]).predict(data, verbose=0)[f"{last.name}:pre"]
+    last = f"{model.layers[-1].name}:pre"
+    logits = np.asarray(ks.expose(model, [last])(data, training=False)[last])
+    np.testing.assert_allclose(logits, pre_reference(graph, resolver.resolve_one(last), values), atol=1e-5, rtol=1e-5)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     np.testing.assert_allclose(probs / probs.sum(-1, keepdims=True), expected, atol=1e-5)
 
     pre = ks.points(model, "*:pre")
-    probe = ks.expose(model, pre, keep_outputs=True)
-    out = probe.predict(data, verbose=0)
-    np.testing.assert_allclose(out[model.output_names[0]], expected, atol=1e-5)
-    assert all(np.isfinite(out[p]).all() for p in pre)
+    out = ks.expose(model, pre, keep_outputs=True)(data, training=False)
+    np.testing.assert_allclose(np.asarray(out[model.output_names[0]]), expected, atol=1e-5)
+    for p in pre:
+        want = pre_reference(graph, resolver.resolve_one(p), values)
+        np.testing.assert_allclose(np.asarray(out[p]), want, atol=1e-5, rtol=1e-5, err_msg=p)
+
+    everything = ks.points(model)
+    out = ks.expose(model, everything)(data, training=False)
+    for p in everything:
+        point = resolver.resolve_one(p)
+        if point.port is None:
+            np.testing.assert_allclose(np.asarray(out[p]), values[point.node][point.index], atol=1e-5, rtol=1e-5, err_msg=p)
+        else:  # the same :pre values as the probe above
+            np.testing.assert_allclose(np.asarray(out[p]), pre_reference(graph, point, values), atol=1e-5, rtol=1e-5, err_msg=p)
 
     assert_unchanged(model, before)
     assert_roundtrip(split, data, tmp_path, "split")
