@@ -41,7 +41,8 @@ def main(out: str) -> None:
     probe = ks.expose(model, ["mobilenetv2/block_13_expand_relu", "mobilenetv2/block_13_expand_relu:pre",
                               "predictions:pre"])
     images = np.random.default_rng(0).random((2, 64, 64, 3), dtype="float32")
-    found = probe.predict(images, verbose=0)
+    found = probe(images, training=False)  # a direct call: quicker than predict() for one small batch
+    found = {address: keras.ops.convert_to_numpy(value) for address, value in found.items()}
     for address, value in found.items():
         print(f"{address:36s} {value.shape}")
 
@@ -49,7 +50,8 @@ def main(out: str) -> None:
     path = os.path.join(out, "probe.keras")
     probe.save(path)
     again = keras.saving.load_model(path)
-    same = np.allclose(again.predict(images, verbose=0)["predictions:pre"], found["predictions:pre"], atol=1e-5)
+    again_logits = keras.ops.convert_to_numpy(again(images, training=False)["predictions:pre"])
+    same = np.allclose(again_logits, found["predictions:pre"], atol=1e-5)
     print("wrote", path, "| reloaded outputs equal:", same)
 
 
