@@ -23,7 +23,7 @@ from kerasurgery import kinds
 from kerasurgery.address import Point, Resolver, Selector, close_matches, parse, tap_name
 from kerasurgery.edit import Names, add_call, clone_op, input_feed, new_key, redirect
 from kerasurgery.errors import AddressError, TransformError
-from kerasurgery.graph import Ref, Slot, output_refs, to_graph, to_model
+from kerasurgery.graph import Ref, Slot, _needed as needed_nodes, output_refs, to_graph, to_model
 from kerasurgery.layers import AttentionScores, PreActivation, Tap
 
 # ---------------------------------------------------------------------------
@@ -359,9 +359,19 @@ def insert_taps_pass(graph: nx.DiGraph, points: Selector) -> nx.DiGraph:
 
     Every consumer of the point's tensor (and any model output that is it) then
     reads the tap. ``:pre`` of an activation layer taps only the edge into
-    that layer.
+    that layer. Points that feed no output (``:scores``, an unused input, an
+    unused branch of a nested model) are refused: their taps would be dropped.
     """
     selected = Resolver(graph).select(points, what="points")
+    live = needed_nodes(graph)
+    dead = [a for a, p in selected.items() if p.port != "scores" and p.node not in live]
+    if dead:
+        raise TransformError(
+            f"Expected points whose values feed the model's outputs. Received: {dead}, which feed no "
+            "output (an unused model input, or a branch of a nested model that the outer model does not "
+            "use), so taps there would be dropped. Leave them out, or read them with "
+            "`kerasurgery.expose(model, [...])`."
+        )
     g = graph.copy()
     names = Names(g)
     splitter = _PreSplitter(g, names)
@@ -405,10 +415,15 @@ def insert_taps(model: keras.Model, points: Selector) -> keras.Model:
 
     Args:
         model: a Functional or Sequential model.
-        points: addresses or globs (see `points`); ``:scores`` is refused.
+        points: addresses or globs (see `points`); ``:scores`` and points
+            that feed no output (an unused input) are refused.
 
     Returns:
         A new functional `keras.Model` sharing every variable with `model`.
+
+    Raises:
+        AddressError: an unknown address or a glob that matches nothing.
+        TransformError: a point whose tap would feed no output.
 
     Example:
         >>> import keras, kerasurgery as ks

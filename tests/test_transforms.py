@@ -422,3 +422,13 @@ class TestBackendRegressions:
         training.fit(data, np.zeros((8, 3), "float32"), epochs=1, verbose=0)
         assert_unchanged(model, before)
         model.predict(data, verbose=0)
+
+
+def test_insert_taps_refuses_points_that_feed_no_output():
+    """Found by the fuzzer: the tap of an unused input was silently dropped."""
+    a, b = keras.Input((3,), name="a"), keras.Input((3,), name="unused")
+    model = keras.Model([a, b], keras.layers.Dense(2, name="d")(a))
+    with pytest.raises(ks.TransformError, match=r"\['unused'\], which feed no output"):
+        ks.insert_taps(model, ["a", "unused", "d"])
+    tapped = ks.insert_taps(model, ["a", "d"])
+    assert [layer.name for layer in tapped.layers if isinstance(layer, Tap)] == ["a_tap", "d_tap"]
