@@ -363,8 +363,7 @@ def insert_taps_pass(graph: nx.DiGraph, points: Selector) -> nx.DiGraph:
     unused branch of a nested model) are refused: their taps would be dropped.
     """
     selected = Resolver(graph).select(points, what="points")
-    live = needed_nodes(graph)
-    dead = [a for a, p in selected.items() if p.port != "scores" and p.node not in live]
+    dead = _unused_points(graph, selected)
     if dead:
         raise TransformError(
             f"Expected points whose values feed the model's outputs. Received: {dead}, which feed no "
@@ -394,6 +393,20 @@ def insert_taps_pass(graph: nx.DiGraph, points: Selector) -> nx.DiGraph:
             redirect(g, ref, Ref(tap_key, 0))
         g.add_edge(ref.node, tap_key, feeds=[(ref.index, "0")])
     return g
+
+
+def _unused_points(graph: nx.DiGraph, selected: dict[str, Point]) -> list[str]:
+    """Addresses among `selected` whose value reaches no model output (``:scores`` aside)."""
+    live = needed_nodes(graph)
+    used = {(ref.node, ref.index) for ref in output_refs(graph)}
+    for parent, child, edge in graph.edges(data=True):
+        if child in live:
+            used.update((parent, index) for index, _ in edge["feeds"])
+    return [
+        address
+        for address, p in selected.items()
+        if (p.port == "pre" and p.node not in live) or (p.port is None and (p.node, p.index) not in used)
+    ]
 
 
 def _move_feed(g: nx.DiGraph, ref: Ref, child: str, slot: str, tap_key: str) -> None:

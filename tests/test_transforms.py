@@ -432,3 +432,9 @@ def test_insert_taps_refuses_points_that_feed_no_output():
         ks.insert_taps(model, ["a", "unused", "d"])
     tapped = ks.insert_taps(model, ["a", "d"])
     assert [layer.name for layer in tapped.layers if isinstance(layer, Tap)] == ["a_tap", "d_tap"]
+    x = keras.Input((4,), name="x")
+    first, second = keras.ops.split(x, [1], axis=-1)  # one output used, one not
+    model = keras.Model(x, keras.layers.Dense(2, name="d")(second))
+    with pytest.raises(ks.TransformError, match=r"\['split\[0\]'\], which feed no output"):
+        ks.insert_taps(model, ks.points(model))
+    assert len([layer for layer in ks.insert_taps(model, ["split[1]"]).layers if isinstance(layer, Tap)]) == 1
