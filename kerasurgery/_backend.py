@@ -50,7 +50,9 @@ class Step:
         model: a built functional model (the probe).
         training: run layers in training mode.
         post: optional function applied, inside the compiled call, to the
-            model's outputs (used for in-graph reductions).
+            model's outputs and the extra arguments (in-graph reductions).
+        extra: ``(shape, dtype)`` of each extra argument of a call (arrays
+            given to `post`, such as running ranges).
 
     Call `start()` before each pass over the data (it resets the private
     state to the model's current values), then call the step on each batch of
@@ -61,19 +63,22 @@ class Step:
     passed around, and only in training mode, where it changes.
     """
 
-    def __init__(self, model: keras.Model, training: bool = False, post: Callable | None = None):
+    def __init__(
+        self, model: keras.Model, training: bool = False, post: Callable | None = None, extra: tuple = ()
+    ):
         self.model = model
         self.training = bool(training)
         self.post = post
+        self.extra = tuple(extra)
         self._compiled: Callable | None = None
         self._signature: tuple | None = None
         self._trainable: list | None = None
         self._state: list | None = None
 
-    def _call(self, trainable: list, state: list, inputs: Any) -> tuple[Any, list]:
+    def _call(self, trainable: list, state: list, inputs: Any, *extra: Any) -> tuple[Any, list]:
         outputs, state = self.model.stateless_call(trainable, state, inputs, training=self.training)
         if self.post is not None:
-            outputs = self.post(outputs)
+            outputs = self.post(outputs, *extra)
         return outputs, state
 
     def _values(self, variables: list) -> list:
@@ -86,19 +91,20 @@ class Step:
             return tf.TensorSpec(t.shape, t.dtype)
 
         inputs_spec = keras.tree.map_structure(spec, self.model.input)  # batch size None: no retrace
+        extra_spec = [tf.TensorSpec(shape, dtype) for shape, dtype in self.extra]
         trainable, state = self.model.trainable_variables, self.model.non_trainable_variables
         if not self.training:
 
-            def infer(inputs: Any) -> Any:
-                return self._call(self._values(trainable), self._values(state), inputs)[0]
+            def infer(inputs: Any, *extra: Any) -> Any:
+                return self._call(self._values(trainable), self._values(state), inputs, *extra)[0]
 
-            return tf.function(infer, input_signature=[inputs_spec], autograph=False)
+            return tf.function(infer, input_signature=[inputs_spec, *extra_spec], autograph=False)
 
-        def train(state_values: list, inputs: Any) -> tuple[Any, list]:
-            return self._call(self._values(trainable), state_values, inputs)
+        def train(state_values: list, inputs: Any, *extra: Any) -> tuple[Any, list]:
+            return self._call(self._values(trainable), state_values, inputs, *extra)
 
         state_spec = [tf.TensorSpec(v.shape, v.dtype) for v in state]
-        return tf.function(train, input_signature=[state_spec, inputs_spec], autograph=False)
+        return tf.function(train, input_signature=[state_spec, inputs_spec, *extra_spec], autograph=False)
 
     def _compile(self) -> Callable:
         backend = name()
@@ -129,15 +135,15 @@ class Step:
             ops.convert_to_tensor(v) for v in self.model.non_trainable_variables
         ]
 
-    def __call__(self, inputs: Any) -> Any:
+    def __call__(self, inputs: Any, *extra: Any) -> Any:
         if self._compiled is None:
             self.start()
         if name() == "tensorflow":
             if not self.training:
-                return self._compiled(inputs)
-            outputs, self._state = self._compiled(self._state, inputs)
+                return self._compiled(inputs, *extra)
+            outputs, self._state = self._compiled(self._state, inputs, *extra)
             return outputs
-        outputs, self._state = self._compiled(self._trainable, self._state, inputs)
+        outputs, self._state = self._compiled(self._trainable, self._state, inputs, *extra)
         return outputs
 
     def signature(self) -> tuple:

@@ -7,7 +7,9 @@ tied to fixed edges. All histograms share one global grid: with bin width
 histogram keeps `bins` consecutive cells starting at cell ``start``:
 
 - per batch, in the compiled graph, ``e`` is the smallest exponent whose
-  window of `bins` cells covers the batch's ``[min, max]`` (`batch_histogram`);
+  window of `bins` cells covers the batch's ``[min, max]`` and the range seen
+  so far, which is passed in (`batch_histogram`), so a batch usually lands
+  on the running window and merging it is a plain sum;
 - two histograms merge exactly (`merge`): the finer one is re-binned to the
   coarser width by summing groups of ``2**k`` aligned cells (no interpolation),
   and the width doubles while the union does not fit in `bins` cells.
@@ -58,20 +60,34 @@ def _exponent(lo: Any, hi: Any, bins: int) -> Any:
     return ops.maximum(ops.maximum(e, floor), float(_MIN_EXPONENT))
 
 
-def batch_histogram(x: Any, lo: Any, hi: Any, bins: int) -> tuple[Any, Any, Any]:
+def batch_histogram(
+    x: Any, lo: Any, hi: Any, bins: int, running: tuple | None = None
+) -> tuple[Any, Any, Any]:
     """In-graph histogram of each column of `x` (rows, channels) on the grid.
 
     Args:
         x: float32 tensor of shape ``(rows, channels)``.
         lo, hi: per-column minimum and maximum, shape ``(channels,)``.
         bins: cells per histogram.
+        running: optional ``(lo, hi, e)`` of the histogram this batch will be
+            merged into (``+inf, -inf, -inf`` before the first batch). The
+            window then covers that range too, so in the common case the
+            batch lands on the running window exactly and merging is a sum.
 
     Returns:
         ``(e, start, counts)``: float exponents and start cells (integer
-        valued), and int32 counts of shape ``(channels, bins)``.
+        valued), and int32 counts of shape ``(channels, bins)``. Non-finite
+        values fall in the edge bins.
     """
     channels = x.shape[-1]
+    if running is not None:
+        lo, hi = ops.minimum(lo, running[0]), ops.maximum(hi, running[1])
+    finite_lo, finite_hi = ops.isfinite(lo), ops.isfinite(hi)
+    lo = ops.where(finite_lo, lo, ops.where(finite_hi, hi, 0.0))
+    hi = ops.where(finite_hi, hi, lo)
     e = _exponent(lo, hi, bins)
+    if running is not None:
+        e = ops.maximum(e, running[2])
     inv = ops.power(2.0, -e)
     start = ops.floor(lo * inv)
     cell = ops.floor(x * inv) - start  # exact: x * 2**-e is exact, both sides integers
@@ -91,6 +107,8 @@ def merge(a: tuple, b: tuple, bins: int) -> tuple[np.ndarray, np.ndarray, np.nda
         contains its cell.
     """
     parts = [(np.asarray(e, np.int64), np.asarray(s, np.int64), np.asarray(c, np.int64)) for e, s, c in (a, b)]
+    if np.array_equal(parts[0][0], parts[1][0]) and np.array_equal(parts[0][1], parts[1][1]):
+        return parts[0][0], parts[0][1], parts[0][2] + parts[1][2]  # same window: the usual case
     channels = parts[0][2].shape[0]
     e = np.maximum(parts[0][0], parts[1][0])
     offsets = np.arange(bins, dtype=np.int64)

@@ -90,7 +90,7 @@ def plan_for(
     training: bool = False,
     default: str = "outputs",
     tag: Any = "collect",
-    make_post: Callable[[keras.Model, list[str]], Callable] | None = None,
+    make_post: Callable[[keras.Model, list[str]], tuple[Callable, tuple]] | None = None,
 ) -> Plan:
     """The (cached) plan computing `points` of `model`.
 
@@ -100,8 +100,10 @@ def plan_for(
         training: run layers in training mode.
         default: what ``points=None`` means (see `resolve`).
         tag: hashable description of `make_post` (part of the cache key).
-        make_post: given the probe and its distinct output keys, returns the
-            function applied in-graph to the probe's outputs; default: keep
+        make_post: given the probe and its distinct output keys, returns
+            ``(post, extra)``: the function applied in-graph to the probe's
+            outputs (and extra arguments), and the ``(shape, dtype)`` of each
+            extra argument (see `kerasurgery._backend.Step`); default: keep
             those outputs.
     """
     if not isinstance(training, bool):
@@ -116,8 +118,11 @@ def plan_for(
     first: dict[int, str] = {}
     keys = {a: first.setdefault(id(probe.output[a]), a) for a in addresses}
     unique = list(dict.fromkeys(keys.values()))
-    post = make_post(probe, unique) if make_post else (lambda outputs: {k: outputs[k] for k in unique})
-    plan = Plan(probe, addresses, keys, _backend.Step(probe, training, post))
+    if make_post is not None:
+        post, extra = make_post(probe, unique)
+    else:
+        post, extra = (lambda outputs: {k: outputs[k] for k in unique}), ()
+    plan = Plan(probe, addresses, keys, _backend.Step(probe, training, post, extra))
     cache[key] = plan
     while len(cache) > _PLANS_PER_MODEL:
         cache.popitem(last=False)
@@ -159,7 +164,8 @@ def run(plan: Plan, source: Source, sink: Any, *, progress: bool | None = None) 
     """Push every batch of `source` through `plan` into `sink`; returns the sample count.
 
     The sink's copy of batch ``i`` (in a worker thread) overlaps the forward
-    pass of batch ``i + 1``; at most two batches of outputs are alive.
+    pass of batch ``i + 1``; at most two batches of outputs are alive. A sink
+    with an ``extra()`` method gives the step's extra arguments per batch.
     """
     plan.step.start()
     bar = Progress(progress, source.num_batches)
@@ -170,7 +176,8 @@ def run(plan: Plan, source: Source, sink: Any, *, progress: bool | None = None) 
         try:
             for arrays in source:
                 rows = int(arrays[0].shape[0])
-                outputs = plan.step(pack(plan.probe, arrays))
+                extra = sink.extra() if hasattr(sink, "extra") else ()
+                outputs = plan.step(pack(plan.probe, arrays), *extra)
                 if batches == 0:
                     sink.prepare(outputs, rows)
                 else:

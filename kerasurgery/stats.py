@@ -45,8 +45,12 @@ def _channel_axis(tensor: Any, per_channel: bool, axis: int) -> int | None:
     return axis
 
 
-def _reduce(t: Any, axis: int | None, bins: int) -> tuple:
-    """In-graph reductions of one tensor: (rows, min, max, mean, var, zeros, e, start, counts, shape)."""
+def _reduce(t: Any, axis: int | None, bins: int, running: tuple) -> tuple:
+    """In-graph reductions of one tensor: (rows, min, max, mean, var, zeros, e, start, counts, shape).
+
+    `running` is ``(lo, hi, e)`` of the point's histogram so far (see
+    `kerasurgery.histogram.batch_histogram`).
+    """
     x = ops.cast(t, "float32")
     if axis is None:
         x = ops.reshape(x, (-1, 1))
@@ -58,7 +62,7 @@ def _reduce(t: Any, axis: int | None, bins: int) -> tuple:
     hi = ops.max(x, axis=0)
     mean, var = ops.moments(x, axes=[0])
     zeros = ops.sum(ops.cast(ops.equal(x, 0.0), "int32"), axis=0)
-    e, start, counts = grid.batch_histogram(x, lo, hi, bins)
+    e, start, counts = grid.batch_histogram(x, lo, hi, bins, running)
     rows = ops.cast(ops.shape(x)[0], "int32")
     shape = ops.stack([ops.cast(d, "int32") for d in ops.shape(t)])
     return rows, lo, hi, mean, var, zeros, e, start, counts, shape
@@ -281,10 +285,16 @@ def merge(first: Any, *others: Any) -> Any:
 
 
 class _Accumulator:
-    """The sink of `calibrate`: merges each batch's reductions (nothing else is kept)."""
+    """The sink of `calibrate`: merges each batch's reductions (nothing else is kept).
 
-    def __init__(self, bins: int):
+    Its `extra()` packs every point's running ``(lo, hi, e)`` into one
+    ``(3, channels)`` array for the step, so that batches usually land on the
+    running histogram windows (one argument, not three per point).
+    """
+
+    def __init__(self, bins: int, channels: dict[str, int]):
         self.bins = bins
+        self.channels = channels
         self.state: dict[str, _Moments] = {}
         self.shapes: dict[str, tuple] = {}  # per-sample shapes seen (None where they varied)
 
@@ -293,6 +303,16 @@ class _Accumulator:
 
     def check(self, outputs: dict, rows: int, where: str) -> None:
         pass
+
+    def extra(self) -> tuple[np.ndarray]:
+        parts = []
+        for key, c in self.channels.items():
+            m = self.state.get(key)
+            if m is None:
+                parts.append(np.array([[np.inf] * c, [-np.inf] * c, [-np.inf] * c], np.float32))
+            else:
+                parts.append(np.stack([m.low, m.high, m.exponent]).astype(np.float32))
+        return (np.concatenate(parts, axis=1),)
 
     def write(self, start: int, rows: int, outputs: dict) -> None:
         for key, parts in outputs.items():
@@ -310,7 +330,7 @@ def calibrate(
     *,
     batch_size: int = 32,
     progress: bool | None = None,
-    bins: int = 2048,
+    bins: int | None = None,
     per_channel: bool = False,
     channel_axis: int = -1,
     percentiles: Any = DEFAULT_PERCENTILES,
@@ -332,7 +352,9 @@ def calibrate(
             included).
         batch_size: rows per batch for arrays.
         progress: show a progress bar (None: when stdout is a terminal).
-        bins: histogram cells per point (and per channel).
+        bins: histogram cells per point (and per channel); None: 2048, or
+            128 per channel (per-channel histograms of every point of a large
+            model at 2048 cells would take hundreds of MB).
         per_channel: statistics per channel instead of per tensor.
         channel_axis: the channel axis, counted with the batch (-1: last).
         percentiles: percentiles (0-100) reported by `to_dict`.
@@ -356,6 +378,8 @@ def calibrate(
         (64, 192, True)
     """
     batch_size = check_batch_size(batch_size)
+    if bins is None:
+        bins = 128 if per_channel else 2048
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 2 <= bins <= 1 << 20:
         raise DataError(f"Expected `bins` to be an integer from 2 to 2**20. Received: bins={bins!r}.")
     qs = tuple(float(q) for q in np.atleast_1d(np.asarray(percentiles, np.float64)))
@@ -363,26 +387,36 @@ def calibrate(
         raise DataError(f"Expected percentiles between 0 and 100. Received: percentiles={percentiles!r}.")
     if not isinstance(channel_axis, (int, np.integer)) or isinstance(channel_axis, bool):
         raise DataError(f"Expected `channel_axis` to be an integer. Received: channel_axis={channel_axis!r}.")
-    axes: dict[str, int | None] = {}
+    bins, per_channel, channel_axis = int(bins), bool(per_channel), int(channel_axis)
 
-    def make_post(probe: keras.Model, unique: list[str]) -> Any:
-        for key in unique:
-            axes[key] = _channel_axis(probe.output[key], bool(per_channel), int(channel_axis))
-        return lambda outputs: {k: _reduce(outputs[k], axes[k], int(bins)) for k in unique}
+    def layout(probe: keras.Model, unique: list[str]) -> tuple[dict, dict]:
+        axes = {k: _channel_axis(probe.output[k], per_channel, channel_axis) for k in unique}
+        channels = {k: 1 if a is None else int(probe.output[k].shape[a]) for k, a in axes.items()}
+        return axes, channels
 
-    tag = ("stats", int(bins), bool(per_channel), int(channel_axis))
+    def make_post(probe: keras.Model, unique: list[str]) -> tuple:
+        axes, channels = layout(probe, unique)
+        offsets = np.cumsum([0, *channels.values()])
+
+        def post(outputs: dict, running: Any) -> dict:
+            return {
+                k: _reduce(outputs[k], axes[k], bins, tuple(running[i, offsets[j] : offsets[j + 1]] for i in range(3)))
+                for j, k in enumerate(unique)
+            }
+
+        return post, (((3, int(offsets[-1])), "float32"),)
+
+    tag = ("stats", bins, per_channel, channel_axis)
     plan = plan_for(model, points, training=training, default="all", tag=tag, make_post=make_post)
-    if not axes:  # a cached plan: recompute the axes it was built with
-        for key in plan.unique:
-            axes[key] = _channel_axis(plan.probe.output[key], bool(per_channel), int(channel_axis))
+    axes, channels = layout(plan.probe, plan.unique)
     source = adapt(data, plan.probe, batch_size=batch_size, steps=steps)
-    sink = _Accumulator(int(bins))
+    sink = _Accumulator(bins, channels)
     samples = run(plan, source, sink, progress=progress)
     result = Calibration(model=model.name)
     for address, key in plan.keys.items():
         t = plan.probe.output[key]
         result[address] = PointStats(
             address, shape=sink.shapes[key], dtype=keras.backend.standardize_dtype(t.dtype),
-            channel_axis=axes[key], bins=int(bins), samples=samples, moments=sink.state[key], percentiles=qs,
+            channel_axis=axes[key], bins=bins, samples=samples, moments=sink.state[key], percentiles=qs,
         )
     return result

@@ -180,18 +180,22 @@ def shards(draw):
 
 class TestGridHistogram:
     @settings(max_examples=40, deadline=None)
-    @given(shards())
-    def test_merging_batches_equals_one_histogram_on_the_final_grid(self, case):
+    @given(shards(), st.booleans())
+    def test_merging_batches_equals_one_histogram_on_the_final_grid(self, case, with_running):
         batches, bins = case
-        parts = []
+        e = start = counts = None
+        low, high = np.full(2, np.inf), np.full(2, -np.inf)
         for b in batches:
             x = keras.ops.convert_to_tensor(b)
             lo, hi = keras.ops.min(x, axis=0), keras.ops.max(x, axis=0)
-            parts.append(tuple(keras.ops.convert_to_numpy(t) for t in histogram.batch_histogram(x, lo, hi, bins)))
-        e, start, counts = parts[0]
-        e, start = e.astype(np.int64), start.astype(np.int64)
-        for p in parts[1:]:
-            e, start, counts = histogram.merge((e, start, counts), p, bins)
+            running = None
+            if with_running:  # as calibrate does: the window so far is passed in
+                prev_e = np.full(2, -np.inf) if e is None else e
+                running = tuple(keras.ops.convert_to_tensor(v.astype("float32")) for v in (low, high, prev_e))
+            part = tuple(keras.ops.convert_to_numpy(t) for t in histogram.batch_histogram(x, lo, hi, bins, running))
+            part = (part[0].astype(np.int64), part[1].astype(np.int64), part[2])
+            e, start, counts = part if e is None else histogram.merge((e, start, counts), part, bins)
+            low, high = np.minimum(low, b.min(axis=0)), np.maximum(high, b.max(axis=0))
         values = np.concatenate(batches).astype(np.float64)
         edges = histogram.edges(e, start, bins)
         for c in range(2):

@@ -1,0 +1,206 @@
+"""Benchmark: collect, calibrate and their memory against model.predict.
+
+Prints, measured side by side in one process on MobileNetV2 (weights=None,
+96x96, batch 32; medians of interleaved repeats, every compiled function warm):
+
+- collect(every layer output, 128 samples, ~2 GB) / model.predict, target <= 2;
+  also the first (cold) collect, which builds the probe and traces it;
+- the same work with Keras alone: one multi-output model (``keras.Model``
+  with a dict of every layer output) and one model per layer, each / predict;
+- calibrate(every point, 256 samples) / model.predict, target <= 1.5; also
+  calibrate of every ':pre' point, and per channel;
+- peak memory (RSS, in fresh subprocesses, data from a generator so the input
+  is not held) of calibrate and collect(path=...) on 4x the data / on 1x,
+  target about 1.0.
+
+Run: python benchmarks/bench_collect.py [--quick] [--skip-per-layer]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(__file__))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import kerasurgery as ks  # noqa: E402
+from _timing import median_times  # noqa: E402
+from kerasurgery import runner  # noqa: E402
+
+SHAPE = (96, 96, 3)
+BATCH = 32
+
+
+def mobilenet() -> keras.Model:
+    return keras.applications.MobileNetV2(input_shape=SHAPE, weights=None)
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, *SHAPE), dtype=np.float32)
+
+
+def batches(n: int):
+    """`n` samples as a generator of batches: the input is never held whole."""
+    for start in range(0, n, BATCH):
+        yield images(min(BATCH, n - start), seed=start)
+
+
+def predict(model, x):
+    return model.predict(x, batch_size=BATCH, verbose=0)
+
+
+# ---------------------------------------------------------------------------
+# time
+
+
+def bench_collect(model, repeats: int, per_layer: bool) -> None:
+    x = images(128)
+    outputs = ks.collect(model, x[:BATCH], progress=False)  # every layer output
+    addresses = list(outputs)
+    size = sum(a.nbytes for a in outputs.values()) / BATCH * len(x)
+    del outputs
+    runner.clear_cache()
+    t0 = time.perf_counter()
+    ks.collect(model, x, progress=False)
+    cold = time.perf_counter() - t0
+
+    layer_outputs = {layer.name: layer.output for layer in model.layers[1:]}
+    multi = keras.Model(model.input, layer_outputs)
+    predict(model, x[:BATCH]), predict(multi, x[:BATCH])
+    t = median_times(
+        {
+            "predict": lambda: predict(model, x),
+            "collect": lambda: ks.collect(model, x, progress=False),
+            "keras multi-output": lambda: predict(multi, x),
+        },
+        repeats=repeats,
+    )
+    base = t["predict"]
+    print(f"MobileNetV2 96x96, {len(x)} samples, batch {BATCH}: {len(addresses)} layer outputs, "
+          f"{size / 1e9:.2f} GB; model.predict {base:.2f}s")
+    print(f"  collect (warm)              {t['collect']:6.2f}s  ratio {t['collect'] / base:5.2f}  (target <= 2)")
+    print(f"  collect (first call: probe + trace) {cold:6.2f}s  ratio {cold / base:5.2f}")
+    print(f"  keras multi-output predict  {t['keras multi-output']:6.2f}s  ratio "
+          f"{t['keras multi-output'] / base:5.2f}")
+    if per_layer:
+        singles = [keras.Model(model.input, tensor) for tensor in layer_outputs.values()]
+        t0 = time.perf_counter()
+        for single in singles:
+            predict(single, x)
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for single in singles:
+            predict(single, x)
+        warm = time.perf_counter() - t0
+        print(f"  one model per layer (warm)  {warm:6.2f}s  ratio {warm / base:5.2f}; first call "
+              f"{first:.2f}s, ratio {first / base:.2f}")
+
+
+def bench_calibrate(model, repeats: int) -> None:
+    x = images(256)
+    pre = ks.points(model, "*:pre")
+    every = ks.points(model)
+    for points, per_channel in ((None, False), (pre, False), (None, True)):
+        ks.calibrate(model, x[:BATCH], points, per_channel=per_channel, progress=False)
+    predict(model, x[:BATCH])
+    t = median_times(
+        {
+            "predict": lambda: predict(model, x),
+            "calibrate": lambda: ks.calibrate(model, x, progress=False),
+            "calibrate :pre": lambda: ks.calibrate(model, x, pre, progress=False),
+            "calibrate per channel": lambda: ks.calibrate(model, x, per_channel=True, progress=False),
+        },
+        repeats=repeats,
+    )
+    base = t["predict"]
+    print(f"MobileNetV2 96x96, {len(x)} samples: model.predict {base:.2f}s")
+    print(f"  calibrate, every point ({len(every)})    {t['calibrate']:6.2f}s  ratio "
+          f"{t['calibrate'] / base:5.2f}  (target <= 1.5)")
+    print(f"  calibrate, every ':pre' ({len(pre)})     {t['calibrate :pre']:6.2f}s  ratio "
+          f"{t['calibrate :pre'] / base:5.2f}")
+    print(f"  calibrate, every point, per channel {t['calibrate per channel']:6.2f}s  ratio "
+          f"{t['calibrate per channel'] / base:5.2f}")
+
+
+# ---------------------------------------------------------------------------
+# memory
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory_worker(kind: str, samples: int) -> dict:
+    """Run in a fresh process: warm up on one batch, then run `kind` over `samples`."""
+    model = mobilenet()
+    folder = tempfile.mkdtemp()
+    path = os.path.join(folder, "acts.h5")
+
+    def job(n):
+        if kind == "calibrate":
+            ks.calibrate(model, batches(n), progress=False)
+        else:
+            ks.collect(model, batches(n), path=path, overwrite=True, progress=False).close()
+
+    job(BATCH)
+    warm_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = rss_mb()
+    job(samples)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if os.path.exists(path):
+        os.unlink(path)
+    os.rmdir(folder)
+    return {"warm_peak_mb": warm_peak, "rss_before_mb": before, "peak_mb": peak}
+
+
+def bench_memory(samples: int) -> None:
+    print(f"peak RSS in fresh processes (data from a generator), {samples} vs {4 * samples} samples:")
+    for kind in ("calibrate", "collect_path"):
+        result = {}
+        for n in (samples, 4 * samples):
+            out = subprocess.run(
+                [sys.executable, __file__, "--memory-worker", kind, str(n)],
+                check=True, capture_output=True, text=True,
+            ).stdout
+            result[n] = json.loads(out.strip().splitlines()[-1])
+        one, four = result[samples], result[4 * samples]
+        name = "calibrate" if kind == "calibrate" else "collect(path=...)"
+        growth = [r["peak_mb"] - r["rss_before_mb"] for r in (one, four)]
+        print(f"  {name:18s} peak {one['peak_mb']:7.0f} MB -> {four['peak_mb']:7.0f} MB, ratio "
+              f"{four['peak_mb'] / one['peak_mb']:.2f} (target ~1.0); peak above the warm process "
+              f"{growth[0]:.0f} MB -> {growth[1]:.0f} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, no per-layer models")
+    parser.add_argument("--skip-per-layer", action="store_true", help="skip one-model-per-layer (minutes)")
+    parser.add_argument("--only", choices=["collect", "calibrate", "memory"], default=None)
+    parser.add_argument("--memory-worker", nargs=2, metavar=("KIND", "SAMPLES"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_worker:
+        print(json.dumps(memory_worker(args.memory_worker[0], int(args.memory_worker[1]))))
+        return
+    repeats = 3 if args.quick else 5
+    model = mobilenet()
+    if args.only in (None, "collect"):
+        bench_collect(model, repeats, per_layer=not (args.quick or args.skip_per_layer))
+    if args.only in (None, "calibrate"):
+        bench_calibrate(model, repeats)
+    if args.only in (None, "memory"):
+        bench_memory(128)
+
+
+if __name__ == "__main__":
+    main()
