@@ -95,6 +95,27 @@ class TestAgainstNumpy:
         s = ks.calibrate(flat, np.ones((4, 4)), per_channel=True, progress=False)
         assert s[ks.points(flat)[-1]].channel_axis is None  # (batch,) has no channel
 
+    def test_histogram_stride_samples_every_kth_value(self):
+        model = ZOO["cnn_bn"]()
+        data = sample_inputs(model, batch=N)
+        stats = ks.calibrate(model, data, ["conv", "gap"], batch_size=8, histogram_stride=4, progress=False)
+        full = ks.calibrate(model, data, ["conv", "gap"], batch_size=8, progress=False)
+        acts = ks.collect(model, data, ["conv", "gap"], progress=False)
+        assert stats["conv"].histogram_stride == 5  # 4 divides the 16*16*8 values per sample; 5 does not
+        assert stats["gap"].histogram_stride == 5  # nor the 4 of gap
+        for address, s in stats.items():
+            a = acts[address].astype(np.float64)
+            sample = np.concatenate([a[i : i + 8].ravel()[::5] for i in range(0, N, 8)])
+            counts, edges = s.histogram
+            np.testing.assert_array_equal(counts, np.histogram(sample, bins=edges)[0])
+            assert (s.min, s.max, s.zeros, s.count) == (full[address].min, full[address].max,
+                                                        full[address].zeros, full[address].count)
+            assert s.to_dict()["histogram"]["stride"] == 5
+        with pytest.raises(ks.DataError, match="histogram_stride"):
+            stats.merge(full)
+        with pytest.raises(ks.DataError, match="histogram_stride"):
+            ks.calibrate(model, data, histogram_stride=0)
+
     def test_constant_and_dead_points(self):
         x = keras.Input((3,), name="x")
         h = layers.Dense(4, activation="relu", kernel_initializer="zeros", bias_initializer="zeros", name="dead")(x)
