@@ -23,7 +23,8 @@ from kerasurgery import kinds
 from kerasurgery.address import Point, Resolver, Selector, close_matches, parse, tap_name
 from kerasurgery.edit import Names, add_call, clone_op, input_feed, new_key, redirect
 from kerasurgery.errors import AddressError, TransformError
-from kerasurgery.graph import Ref, Slot, _needed as needed_nodes, output_refs, to_graph, to_model
+from kerasurgery.graph import Ref, Slot, output_refs, to_graph, to_model
+from kerasurgery.graph import _needed as needed_nodes
 from kerasurgery.layers import AttentionScores, PreActivation, Tap
 
 # ---------------------------------------------------------------------------

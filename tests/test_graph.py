@@ -41,6 +41,7 @@ def test_round_trip_over_zoo(name, tmp_path):
     assert ids == {id(v) for v in rebuilt.weights}
 
 
+@pytest.mark.backend
 class TestSchema:
     def test_node_attributes(self):
         graph = ks.to_graph(mlp())
@@ -116,6 +117,7 @@ class TestSchema:
         assert sorted(graph.edges["lstm", "cat"]["feeds"]) == [(1, "0.1"), (2, "0.2")]
 
 
+@pytest.mark.backend
 class TestTrainingSemantics:
     def test_nested_training_false_survives_like_keras(self):
         """Keras lets an outer training=True override a nested training=False: so do we."""
@@ -134,6 +136,7 @@ class TestTrainingSemantics:
             )
 
 
+@pytest.mark.backend
 class TestEdits:
     def test_replace_an_operation(self):
         model = mlp()
@@ -187,6 +190,7 @@ class TestEdits:
         assert before == (list(graph.nodes), list(graph.edges(data=True)), dict(graph.graph))
 
 
+@pytest.mark.backend
 class TestCheckGraph:
     def problems(self, graph):
         with pytest.raises(ks.GraphError) as info:
@@ -227,6 +231,7 @@ class TestCheckGraph:
             assert ks.check_graph(ks.to_graph(factory())) is None
 
 
+@pytest.mark.backend
 class TestBadInput:
     def test_unbuilt_sequential(self):
         model = keras.Sequential([keras.layers.Dense(2)])
@@ -258,6 +263,7 @@ class TestBadInput:
             assert issubclass(cls, ValueError)
 
 
+@pytest.mark.backend
 class TestKerasInternalsWeRelyOn:
     """Pins the private Keras attributes kerasurgery reads (keras/src/ops/node.py, function.py)."""
 

@@ -65,6 +65,7 @@ def test_expose_every_point(name, tmp_path):
     assert_roundtrip(probe, data, tmp_path)
 
 
+@pytest.mark.backend
 class TestExpose:
     def test_dense_pre_is_x_w_plus_b(self):
         model = mlp()
@@ -181,6 +182,7 @@ class TestExpose:
         assert set(info.value.suggestions) <= {"a:pre", "b:pre"} and info.value.suggestions
 
 
+@pytest.mark.backend
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_split_activations_over_zoo(name, tmp_path):
     model = ZOO[name]()
@@ -198,6 +200,7 @@ def test_split_activations_over_zoo(name, tmp_path):
     assert_roundtrip(split, data, tmp_path)
 
 
+@pytest.mark.backend
 class TestSplitActivations:
     def test_keeps_names_and_weights(self):
         model = mlp()
@@ -262,6 +265,7 @@ class TestSplitActivations:
         assert "dense_1_activation" in new
 
 
+@pytest.mark.backend
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_insert_taps_over_zoo(name, tmp_path):
     model = ZOO[name]()
@@ -277,6 +281,7 @@ def test_insert_taps_over_zoo(name, tmp_path):
     assert_roundtrip(tapped, data, tmp_path)
 
 
+@pytest.mark.backend
 class TestInsertTaps:
     def test_taps_are_named_points_with_the_right_values(self):
         model = mlp()
@@ -300,6 +305,7 @@ class TestInsertTaps:
             ks.insert_taps(attention(), ["mha:scores"])
 
 
+@pytest.mark.backend
 class TestProbePair:
     def test_shared_with_model(self):
         model = mlp()
@@ -328,6 +334,7 @@ class TestProbePair:
             ks.probe_pair(mlp(), ["nope"], copy=True)
 
 
+@pytest.mark.backend
 class TestCompare:
     def test_equal_and_different(self):
         model = mlp()
@@ -352,6 +359,7 @@ class TestCompare:
             ks.compare(multi_io(), ks.expose(multi_io(), ["cls", "reg", "cat"]), sample_inputs(multi_io()))
 
 
+@pytest.mark.backend
 def test_split_layers_by_predicate():
     model = mlp()
     split = ks.split_activations(model, lambda key: key.startswith("dense"))
@@ -424,6 +432,7 @@ class TestBackendRegressions:
         model.predict(data, verbose=0)
 
 
+@pytest.mark.backend
 def test_insert_taps_refuses_points_that_feed_no_output():
     """Found by the fuzzer: the tap of an unused input was silently dropped."""
     a, b = keras.Input((3,), name="a"), keras.Input((3,), name="unused")
@@ -433,7 +442,7 @@ def test_insert_taps_refuses_points_that_feed_no_output():
     tapped = ks.insert_taps(model, ["a", "d"])
     assert [layer.name for layer in tapped.layers if isinstance(layer, Tap)] == ["a_tap", "d_tap"]
     x = keras.Input((4,), name="x")
-    first, second = keras.ops.split(x, [1], axis=-1)  # one output used, one not
+    _, second = keras.ops.split(x, [1], axis=-1)  # one output used, one not
     model = keras.Model(x, keras.layers.Dense(2, name="d")(second))
     with pytest.raises(ks.TransformError, match=r"\['split\[0\]'\], which feed no output"):
         ks.insert_taps(model, ks.points(model))
