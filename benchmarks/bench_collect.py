@@ -8,7 +8,7 @@ Prints, measured side by side in one process on MobileNetV2 (weights=None,
 - the same work with Keras alone: one multi-output model (``keras.Model``
   with a dict of every layer output) and one model per layer, each / predict;
 - calibrate(every point, 256 samples) / model.predict, target <= 1.5; also
-  calibrate of every ':pre' point, and per channel;
+  with histogram_stride=64, of every ':pre' point, and per channel;
 - peak memory (RSS, in fresh subprocesses, data from a generator so the input
   is not held) of calibrate and collect(path=...) on 4x the data / on 1x,
   target about 1.0.
@@ -30,12 +30,12 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(__file__))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
+from _timing import median_times
 
-import kerasurgery as ks  # noqa: E402
-from _timing import median_times  # noqa: E402
-from kerasurgery import runner  # noqa: E402
+import kerasurgery as ks
+from kerasurgery import runner
 
 SHAPE = (96, 96, 3)
 BATCH = 32
@@ -110,26 +110,23 @@ def bench_calibrate(model, repeats: int) -> None:
     x = images(256)
     pre = ks.points(model, "*:pre")
     every = ks.points(model)
-    for points, per_channel in ((None, False), (pre, False), (None, True)):
-        ks.calibrate(model, x[:BATCH], points, per_channel=per_channel, progress=False)
+    runs = {
+        f"every point ({len(every)})": {},
+        "every point, histogram_stride=64": {"histogram_stride": 64},
+        f"every ':pre' ({len(pre)})": {"points": pre},
+        "every point, per channel (128 bins)": {"per_channel": True},
+    }
+    for kwargs in runs.values():
+        ks.calibrate(model, x[:BATCH], progress=False, **kwargs)
     predict(model, x[:BATCH])
-    t = median_times(
-        {
-            "predict": lambda: predict(model, x),
-            "calibrate": lambda: ks.calibrate(model, x, progress=False),
-            "calibrate :pre": lambda: ks.calibrate(model, x, pre, progress=False),
-            "calibrate per channel": lambda: ks.calibrate(model, x, per_channel=True, progress=False),
-        },
-        repeats=repeats,
-    )
+    fns = {"predict": lambda: predict(model, x)}
+    fns.update({name: (lambda kw=kwargs: ks.calibrate(model, x, progress=False, **kw)) for name, kwargs in runs.items()})
+    t = median_times(fns, repeats=repeats)
     base = t["predict"]
     print(f"MobileNetV2 96x96, {len(x)} samples: model.predict {base:.2f}s")
-    print(f"  calibrate, every point ({len(every)})    {t['calibrate']:6.2f}s  ratio "
-          f"{t['calibrate'] / base:5.2f}  (target <= 1.5)")
-    print(f"  calibrate, every ':pre' ({len(pre)})     {t['calibrate :pre']:6.2f}s  ratio "
-          f"{t['calibrate :pre'] / base:5.2f}")
-    print(f"  calibrate, every point, per channel {t['calibrate per channel']:6.2f}s  ratio "
-          f"{t['calibrate per channel'] / base:5.2f}")
+    for name in runs:
+        target = "  (target <= 1.5)" if name.startswith("every point (") else ""
+        print(f"  calibrate, {name:38s} {t[name]:6.2f}s  ratio {t[name] / base:5.2f}{target}")
 
 
 # ---------------------------------------------------------------------------
@@ -139,6 +136,16 @@ def bench_calibrate(model, repeats: int) -> None:
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process image (VmHWM; `ru_maxrss` would include the parent's
+    size at fork time when this process was started from a large one)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def memory_worker(kind: str, samples: int) -> dict:
@@ -154,10 +161,10 @@ def memory_worker(kind: str, samples: int) -> dict:
             ks.collect(model, batches(n), path=path, overwrite=True, progress=False).close()
 
     job(BATCH)
-    warm_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    warm_peak = peak_rss_mb()
     before = rss_mb()
     job(samples)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     if os.path.exists(path):
         os.unlink(path)
     os.rmdir(folder)
@@ -177,9 +184,9 @@ def bench_memory(samples: int) -> None:
         one, four = result[samples], result[4 * samples]
         name = "calibrate" if kind == "calibrate" else "collect(path=...)"
         growth = [r["peak_mb"] - r["rss_before_mb"] for r in (one, four)]
-        print(f"  {name:18s} peak {one['peak_mb']:7.0f} MB -> {four['peak_mb']:7.0f} MB, ratio "
-              f"{four['peak_mb'] / one['peak_mb']:.2f} (target ~1.0); peak above the warm process "
-              f"{growth[0]:.0f} MB -> {growth[1]:.0f} MB")
+        print(f"  {name:18s} peak {one['peak_mb']:6.0f} MB -> {four['peak_mb']:6.0f} MB, ratio "
+              f"{four['peak_mb'] / one['peak_mb']:.2f} (target ~1.0); above the warmed-up process "
+              f"{growth[0]:.0f} MB -> {growth[1]:.0f} MB (process after warm-up: {one['rss_before_mb']:.0f} MB)")
 
 
 def main() -> None:

@@ -70,7 +70,7 @@ class Step:
         self.training = bool(training)
         self.post = post
         self.extra = tuple(extra)
-        self._compiled: Callable | None = None
+        self._compiled: Any = None
         self._signature: tuple | None = None
         self._trainable: list | None = None
         self._state: list | None = None

@@ -25,7 +25,13 @@ from kerasurgery.address import Selector
 from kerasurgery.data import adapt, check_batch_size
 from kerasurgery.errors import DataError
 from kerasurgery.runner import Plan, plan_for, run
-from kerasurgery.storage import MemorySink, _check_batch, _storable, check_path, h5_name
+from kerasurgery.storage import (
+    MemorySink,
+    check_batch,
+    check_path,
+    h5_name,
+    storable_dtype,
+)
 
 
 def _remove(path: str | None) -> None:
@@ -45,7 +51,7 @@ class _RecordSink:
     def prepare(self, outputs: dict, rows: int) -> None:
         self.shapes = {}
         for key, t in outputs.items():
-            _check_batch(key, t, rows, None, "batch 0")
+            check_batch(key, t, rows, None, "batch 0")
             self.shapes[key] = tuple(t.shape[1:])
         for address, key in self.keys.items():
             shape, dtype = self.shapes[key], _backend.as_numpy(outputs[key]).dtype
@@ -53,7 +59,7 @@ class _RecordSink:
             if name not in self.file:
                 row_bytes = max(1, int(np.prod(shape)) * dtype.itemsize)
                 ds = self.file.create_dataset(
-                    name, shape=(0, 0, *shape), maxshape=(None, None, *shape), dtype=_storable(dtype),
+                    name, shape=(0, 0, *shape), maxshape=(None, None, *shape), dtype=storable_dtype(dtype),
                     chunks=(1, max(1, min(rows, (1 << 22) // row_bytes)), *shape),
                 )
                 ds.attrs.update(address=address, model=self.model_name, shape=list(shape), dtype=str(dtype))
@@ -67,7 +73,7 @@ class _RecordSink:
 
     def check(self, outputs: dict, rows: int, where: str) -> None:
         for key, t in outputs.items():
-            _check_batch(key, t, rows, self.shapes[key], where)
+            check_batch(key, t, rows, self.shapes[key], where)
 
     def write(self, start: int, rows: int, outputs: dict) -> None:
         arrays = {k: _backend.as_numpy(t) for k, t in outputs.items()}
@@ -160,7 +166,7 @@ class ActivationRecorder(keras.callbacks.Callback):
         self.data = data
         self.every = int(every)
         self.batch_size = check_batch_size(batch_size)
-        self.path = check_path(path, overwrite) if path is not None else None
+        self.path: Path | None = check_path(path, overwrite) if path is not None else None
         self.training = training
         self.progress = progress
         self.steps = steps
@@ -197,16 +203,19 @@ class ActivationRecorder(keras.callbacks.Callback):
         """Record every point now, as for `epoch`."""
         if self._plan is None:
             self.on_train_begin()
+        plan, source = self._plan, self._source
+        if plan is None:  # pragma: no cover - on_train_begin sets it or raises
+            raise RuntimeError("ActivationRecorder.record: no probe was built.")
         if self.path is None:
-            sink = MemorySink(self._plan.keys, self._source.num_samples, self._source.num_batches)
-            arrays = sink.finish(run(self._plan, self._source, sink, progress=self.progress))
+            memory = MemorySink(plan.keys, source.num_samples, source.num_batches)
+            arrays = memory.finish(run(plan, source, memory, progress=self.progress))
             for address, array in arrays.items():
                 self.history.setdefault(address, []).append(array)
         else:
-            self._open()
-            sink = _RecordSink(self._file, self._plan.keys, self._records_in_file, self.model.name)
+            self._open(self.path)
+            sink = _RecordSink(self._file, plan.keys, self._records_in_file, self.model.name)
             try:
-                sink.finish(run(self._plan, self._source, sink, progress=self.progress))
+                sink.finish(run(plan, source, sink, progress=self.progress))
             except BaseException:
                 self._abort()
                 raise
@@ -215,26 +224,27 @@ class ActivationRecorder(keras.callbacks.Callback):
         self.epochs.append(int(epoch))
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        if self._file is not None:
+        if self._file is not None and self.path is not None:
             self._file.close()
             self._file = None
-            os.replace(self._temp, self.path)
+            os.replace(str(self._temp), self.path)
             self._temp = None
 
     # -- the HDF5 file ---------------------------------------------------
-    def _open(self) -> None:
+    def _open(self, path: Path) -> None:
         if self._file is not None:
             return
         import h5py
 
-        fd, self._temp = tempfile.mkstemp(prefix=f".{Path(self.path).name}.", suffix=".tmp", dir=Path(self.path).parent)
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
-        self._finalizer = weakref.finalize(self, _remove, self._temp)
+        self._temp = temp
+        self._finalizer = weakref.finalize(self, _remove, temp)
         if self._records_in_file:  # a later fit: continue the file this recorder wrote
-            shutil.copyfile(self.path, self._temp)
-            self._file = h5py.File(self._temp, "a")
+            shutil.copyfile(path, temp)
+            self._file = h5py.File(temp, "a")
         else:
-            self._file = h5py.File(self._temp, "w", track_order=True)
+            self._file = h5py.File(temp, "w", track_order=True)
             self._file.attrs.update(model=self.model.name, training=bool(self.training), epochs=[])
 
     def _abort(self) -> None:

@@ -261,12 +261,12 @@ class ArraySource(Source):
         n = _rows(self.arrays, self.specs, self.model_name, where)
         if self.steps is not None:
             n = min(n, self.steps * batch_size)
-        self.num_samples = n
+        self.num_samples = self.size = n
         self.num_batches = -(-n // batch_size)
 
     def __iter__(self) -> Iterator[list[np.ndarray]]:
-        for start in range(0, self.num_samples, self.batch_size):
-            stop = min(start + self.batch_size, self.num_samples)
+        for start in range(0, self.size, self.batch_size):
+            stop = min(start + self.batch_size, self.size)
             yield [_as_input(a[start:stop], s) for a, s in zip(self.arrays, self.specs)]
 
 
@@ -294,17 +294,18 @@ class PyDatasetSource(Source):
     def __init__(self, data: Any, **kwargs: Any):
         super().__init__(**kwargs)
         self.data = data
-        self.num_batches = data.num_batches
-        if self.num_batches is None and self.steps is None:
+        self.num_batches = total = data.num_batches
+        if total is None and self.steps is None:
             raise DataError(
                 "Expected a finite PyDataset (its `num_batches` is None, so it never ends). "
                 "Received: an infinite PyDataset. Give it a `__len__`, or pass `steps=`."
             )
         if self.steps is not None:
-            self.num_batches = self.steps if self.num_batches is None else min(self.steps, self.num_batches)
+            total = self.steps if total is None else min(self.steps, total)
+        self.num_batches = self.length = int(total)
 
     def _elements(self) -> Iterator[Any]:
-        for i in range(self.num_batches):
+        for i in range(self.length):
             yield self.data[i]
         self.data.on_epoch_end()
 

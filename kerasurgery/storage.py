@@ -99,12 +99,12 @@ def address_of(name: str) -> str:
     return name.replace("%2F", "/").replace("%25", "%")
 
 
-def _storable(dtype: np.dtype) -> np.dtype:
+def storable_dtype(dtype: np.dtype) -> np.dtype:
     """HDF5 has no bfloat16 (or other ml_dtypes); store those as float32."""
     return dtype if dtype.kind in "biufc" and dtype.isbuiltin else np.dtype("float32")
 
 
-def _check_batch(key: str, tensor: Any, rows: int, shape: tuple, where: str) -> None:
+def check_batch(key: str, tensor: Any, rows: int, shape: tuple | None, where: str) -> None:
     got = tuple(tensor.shape)
     if not got or got[0] != rows:
         raise DataError(
@@ -143,7 +143,7 @@ class MemorySink:
 
     def prepare(self, outputs: dict[str, Any], rows: int) -> None:
         for key, t in outputs.items():
-            _check_batch(key, t, rows, None, "batch 0")
+            check_batch(key, t, rows, None, "batch 0")
             self.shapes[key] = tuple(t.shape[1:])
         self.dtypes = {k: _backend.as_numpy(t).dtype for k, t in outputs.items()}
         self.per_sample = sum(int(np.prod(s)) * self.dtypes[k].itemsize for k, s in self.shapes.items())
@@ -160,7 +160,7 @@ class MemorySink:
 
     def check(self, outputs: dict[str, Any], rows: int, where: str) -> None:
         for key, t in outputs.items():
-            _check_batch(key, t, rows, self.shapes[key], where)
+            check_batch(key, t, rows, self.shapes[key], where)
 
     def write(self, start: int, rows: int, outputs: dict[str, Any]) -> None:
         if start + rows > self.capacity:
@@ -237,7 +237,7 @@ class H5Sink:
         self.shapes = {}
         self.datasets = {}
         for key, t in outputs.items():
-            _check_batch(key, t, rows, None, "batch 0")
+            check_batch(key, t, rows, None, "batch 0")
             self.shapes[key] = tuple(t.shape[1:])
         dtypes = {k: _backend.as_numpy(t).dtype for k, t in outputs.items()}
         for address, key in self.keys.items():
@@ -246,14 +246,14 @@ class H5Sink:
             chunk_rows = max(1, min(rows, (1 << 22) // row_bytes))  # chunks of about 4 MB at most
             ds = self.file.create_dataset(
                 h5_name(address), shape=(_capacity(self.samples, self.batches, rows), *shape), maxshape=(None, *shape),
-                dtype=_storable(dtype), chunks=(chunk_rows, *shape),
+                dtype=storable_dtype(dtype), chunks=(chunk_rows, *shape),
             )
             ds.attrs.update(address=address, model=self.attrs.get("model", ""), shape=list(shape), dtype=str(dtype))
             self.datasets[address] = ds
 
     def check(self, outputs: dict[str, Any], rows: int, where: str) -> None:
         for key, t in outputs.items():
-            _check_batch(key, t, rows, self.shapes[key], where)
+            check_batch(key, t, rows, self.shapes[key], where)
 
     def write(self, start: int, rows: int, outputs: dict[str, Any]) -> None:
         arrays = {k: _backend.as_numpy(t) for k, t in outputs.items()}
@@ -272,7 +272,7 @@ class H5Sink:
                 ds.resize(n, axis=0)
         self.file.attrs["num_samples"] = n
         self.file.close()
-        os.replace(self.temp, self.path)
+        os.replace(str(self.temp), self.path)
         self.temp = None
         return Activations(self.path)
 

@@ -127,6 +127,18 @@ class TestReference:
         ks.collect(model, data, ["dense_1"], progress=False)
         assert len(runner._PLANS[model]) == len(plans) + 1
 
+    def test_cached_plans_do_not_keep_the_model_alive(self):
+        import gc
+        import weakref
+
+        model = ZOO["mlp"]()
+        ks.collect(model, np.zeros((3, 8)), progress=False)
+        ks.calibrate(model, np.zeros((3, 8)), progress=False)
+        ref = weakref.ref(model)
+        del model
+        gc.collect()
+        assert ref() is None
+
     def test_steps_limits_the_batches(self):
         model = ZOO["mlp"]()
         data = sample_inputs(model, batch=N)
