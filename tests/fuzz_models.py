@@ -81,7 +81,7 @@ class Tensor:
 
 
 @dataclasses.dataclass(frozen=True)
-class Callable_:
+class Callee:
     """A layer or sub-model variable, with the signature of its first call."""
 
     var: str
@@ -125,7 +125,7 @@ class _Gen:
         self.draw = draw
         self.lines: list[str] = []
         self.n = 0
-        self.callables: list[Callable_] = []
+        self.callables: list[Callee] = []
         self.features: set[str] = set()
         self.reach = [0]  # per scope being generated: deepest callable called in it
 
@@ -152,7 +152,7 @@ class _Gen:
         self.emit(f'{var} = {ctor[:-1]}{sep}name="f{self.n}_{tag}")')
         return var
 
-    def allowed(self, c: Callable_, depth: int) -> bool:
+    def allowed(self, c: Callee, depth: int) -> bool:
         return depth + c.depth <= MAX_DEPTH - 1
 
     # -- single-input layers (also the layers of a Sequential) -----------
@@ -168,7 +168,7 @@ class _Gen:
             steps += ["repeat"]
         return steps
 
-    def make_single(self, step: str, t: Tensor) -> Callable_:
+    def make_single(self, step: str, t: Tensor) -> Callee:
         """Define one single-input layer for an input like `t` and register it."""
         kind, dim = t.kind, t.dim
         if step == "dense":
@@ -230,11 +230,11 @@ class _Gen:
         else:  # pragma: no cover
             raise AssertionError(step)
         self.features.add(step)
-        c = Callable_(var, ((t.kind, t.dim),), ((kind, dim),), "single", 0)
+        c = Callee(var, ((t.kind, t.dim),), ((kind, dim),), "single", 0)
         self.callables.append(c)
         return c
 
-    def invoke(self, c: Callable_, args: list[Tensor]) -> list[Tensor]:
+    def invoke(self, c: Callee, args: list[Tensor]) -> list[Tensor]:
         """Emit a call of layer or sub-model `c` on `args`; returns its outputs."""
         outs = [Tensor(self.fresh("t"), kind, dim) for kind, dim in c.outs]
         self.reach[-1] = max(self.reach[-1], c.depth)
@@ -301,7 +301,7 @@ class _Gen:
             self.emit(f"{out.var} = {var}(query={q.var}, value={v.var}, key={k.var})")
         else:
             self.emit(f"{out.var} = {var}({q.var}, {v.var}, use_causal_mask=True)")
-        self.callables.append(Callable_(var, (("seq", q.dim), ("seq", v.dim)), (("seq", q.dim),), "mha", 0))
+        self.callables.append(Callee(var, (("seq", q.dim), ("seq", v.dim)), (("seq", q.dim),), "mha", 0))
         self.features.add("mha")
         return [out]
 
@@ -370,7 +370,7 @@ class _Gen:
         return outs
 
     # -- sub-models ------------------------------------------------------
-    def define_submodel(self, given: list[Tensor], depth: int, sequential: bool, single_output: bool) -> Callable_:
+    def define_submodel(self, given: list[Tensor], depth: int, sequential: bool, single_output: bool) -> Callee:
         """Emit a sub-model whose layers live at nesting `depth` (>= 1)."""
         var = self.fresh("m")
         name = f"f{self.n}_{'seq' if sequential else 'sub'}"
@@ -400,7 +400,7 @@ class _Gen:
                 self.features.add("nested_dict_inputs")
             out_struct = outs[0].var if len(outs) == 1 else "[" + ", ".join(o.var for o in outs) + "]"
             self.emit(f'{var} = keras.Model({in_struct}, {out_struct}, name="{name}")')
-        c = Callable_(var, tuple((t.kind, t.dim) for t in given), tuple((o.kind, o.dim) for o in outs),
+        c = Callee(var, tuple((t.kind, t.dim) for t in given), tuple((o.kind, o.dim) for o in outs),
                       call, 1 + self.reach.pop())
         self.callables.append(c)
         return c
