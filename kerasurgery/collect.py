@@ -9,8 +9,6 @@ forward pass runs.
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import Any
 
 import keras
@@ -129,19 +127,3 @@ def load_activations(path: Any) -> Activations:
         ((5, 2), True)
     """
     return Activations(path)
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as `collect` itself.
-
-    The module and the function share the name ``collect``; importing the
-    module (``from kerasurgery.collect import ...``) makes Python set the
-    package attribute ``kerasurgery.collect`` to the module, so it must still
-    behave as the function there.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> dict:
-        return collect(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
