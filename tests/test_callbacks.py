@@ -12,7 +12,7 @@ import pytest
 import kerasurgery as ks
 from kerasurgery import runner
 from kerasurgery.collect import load_activations
-from zoo import ZOO, assert_unchanged, sample_inputs, snapshot
+from zoo import ZOO, assert_unchanged, sample_inputs, snapshot, to_numpy
 
 POINTS = ["conv:pre", "bn", "predictions:pre"]
 
@@ -41,7 +41,7 @@ class Reference(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         probe = ks.expose(self.model, self.points)
-        self.records.append({k: np.asarray(v) for k, v in probe(self.data, training=False).items()})
+        self.records.append({k: to_numpy(v) for k, v in probe(self.data, training=False).items()})
 
 
 class TestInMemory:

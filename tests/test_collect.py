@@ -15,7 +15,7 @@ import kerasurgery as ks
 from kerasurgery import runner, storage
 from kerasurgery.collect import load_activations
 from kerasurgery.data import adapt
-from zoo import ZOO, assert_unchanged, sample_inputs, snapshot
+from zoo import ZOO, assert_unchanged, sample_inputs, snapshot, to_numpy
 
 N = 10  # samples: not a multiple of the batch size below
 BATCH = 4
@@ -26,7 +26,7 @@ def reference(model, data, addresses):
     out = {}
     for address in addresses:
         probe = ks.expose(model, [address])
-        out[address] = np.asarray(probe(data, training=False)[address])
+        out[address] = to_numpy(probe(data, training=False)[address])
     return out
 
 

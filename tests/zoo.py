@@ -240,8 +240,13 @@ def sample_inputs(model, batch=4, seed=0):
     return keras.tree.map_structure(lambda t: _sample(t, batch, rng), struct)
 
 
+def to_numpy(tensor):
+    """A backend tensor as numpy (a torch output that requires grad included)."""
+    return keras.ops.convert_to_numpy(tensor)
+
+
 def predict(model, data):
-    return keras.tree.map_structure(np.asarray, model(data, training=False))
+    return keras.tree.map_structure(to_numpy, model(data, training=False))
 
 
 def assert_same_outputs(a, b, data, atol=1e-5):
@@ -309,4 +314,4 @@ def eager_values(model, data):
                 slots[slot] = values[parent][index]
         out = node["op"](*fill(node["args"], slots), **fill(node["kwargs"], slots))
         values[key] = keras.tree.flatten(out)
-    return {k: [np.asarray(v) for v in vs] for k, vs in values.items()}
+    return {k: [to_numpy(v) for v in vs] for k, vs in values.items()}
