@@ -159,10 +159,21 @@ _DTYPE_OK = {
 }
 
 
+def _dtype(array: Any) -> np.dtype:
+    """The numpy dtype of an array or of a TensorFlow, JAX or PyTorch tensor."""
+    if isinstance(array, np.ndarray):
+        return array.dtype
+    try:
+        return np.dtype(array.dtype)
+    except TypeError:  # tf.DType, torch.dtype: numpy does not read them
+        name = keras.backend.standardize_dtype(array.dtype)
+        return np.dtype(object) if name == "string" else np.dtype(name)
+
+
 def _check_input(array: Any, spec: InputSpec, model_name: str, where: str) -> None:
     """Raise a DataError naming the input if `array`'s shape or dtype does not fit."""
     shape = tuple(array.shape)
-    dtype = np.dtype(array.dtype) if not isinstance(array, np.ndarray) else array.dtype
+    dtype = _dtype(array)
     if len(shape) != len(spec.shape) or any(
         d is not None and d != a for d, a in zip(spec.shape[1:], shape[1:])
     ):
@@ -189,9 +200,16 @@ def _numpy_dtype(spec: InputSpec) -> np.dtype:
     return np.dtype(object) if spec.dtype == "string" else np.dtype(spec.dtype)
 
 
+def _numpy(array: Any) -> np.ndarray:
+    """`array` as numpy; a PyTorch tensor is detached (it may require grad) and moved to the CPU."""
+    if not isinstance(array, np.ndarray) and callable(getattr(array, "detach", None)) and hasattr(array, "cpu"):
+        return array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
 def _as_input(array: Any, spec: InputSpec) -> np.ndarray:
     """One batch of one input as numpy with the input's dtype (no copy if it has it)."""
-    return np.asarray(array).astype(_numpy_dtype(spec), copy=False)
+    return _numpy(array).astype(_numpy_dtype(spec), copy=False)
 
 
 def _rows(arrays: list[np.ndarray], specs: list[InputSpec], model_name: str, where: str) -> int:

@@ -210,6 +210,23 @@ class TestSources:
 
         self.check(model, Batches(), expected)
 
+    @pytest.mark.backend
+    def test_backend_tensors(self, model, data, expected):
+        tensor = ops.convert_to_tensor(data)  # a tf.Tensor, jax.Array or torch.Tensor
+        self.check(model, tensor, expected)
+        self.check(model, _batches(tensor, 3), expected)
+        stats = ks.calibrate(model, tensor, "dense_1", progress=False)["dense_1"]
+        assert stats.max == expected["dense_1"].max()
+
+    @pytest.mark.backend
+    def test_torch_tensors_and_data_loader(self, model, data, expected):
+        torch = pytest.importorskip("torch")  # on every backend: only the data is torch's
+        x = torch.from_numpy(data)
+        self.check(model, x.requires_grad_(), expected)  # np.asarray refuses a tensor that requires grad
+        self.check(model, torch.utils.data.DataLoader(x.detach(), batch_size=3), expected)
+        self.check(model, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x.detach()), batch_size=4),
+                   expected)  # batches are [x] lists
+
     def test_h5py_dataset_is_read_batch_by_batch(self, model, data, expected, tmp_path):
         import h5py
 
