@@ -7,8 +7,9 @@ Prints, measured side by side in one process on MobileNetV2 (weights=None,
   also the first (cold) collect, which builds the probe and traces it;
 - the same work with Keras alone: one multi-output model (``keras.Model``
   with a dict of every layer output) and one model per layer, each / predict;
-- calibrate(every point, 256 samples) / model.predict, target <= 1.5; also
-  with histogram_stride=64, of every ':pre' point, and per channel;
+- calibrate(every point, 256 samples) / model.predict, target <= 1.5 (default
+  sample=2048 values per input sample); also exact (sample=None), with
+  sample=512, of every ':pre' point, and per channel;
 - peak memory (RSS, in fresh subprocesses, data from a generator so the input
   is not held) of calibrate and collect(path=...) on 4x the data / on 1x,
   target about 1.0.
@@ -112,7 +113,8 @@ def bench_calibrate(model, repeats: int) -> None:
     every = ks.points(model)
     runs = {
         f"every point ({len(every)})": {},
-        "every point, histogram_stride=64": {"histogram_stride": 64},
+        "every point, sample=None (exact)": {"sample": None},
+        "every point, sample=512": {"sample": 512},
         f"every ':pre' ({len(pre)})": {"points": pre},
         "every point, per channel (128 bins)": {"per_channel": True},
     }

@@ -37,6 +37,7 @@ from typing import Any
 
 import kerasurgery as ks
 from kerasurgery.errors import AddressError, DataError, KerasurgeryError
+from kerasurgery.stats import DEFAULT_SAMPLE
 
 EXIT_USAGE = 2
 
@@ -218,7 +219,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     data = _check_inputs(model, args.data, limit=args.limit)
     from kerasurgery.stats import calibrate
 
-    stats = calibrate(model, data, args.points or None, batch_size=args.batch_size, progress=_progress(args))
+    stats = calibrate(model, data, args.points or None, batch_size=args.batch_size, progress=_progress(args),
+                      sample=args.sample)
     stats.to_json(args.output, indent=1)
     rows = [
         {"address": a, "min": f"{s.min:.4g}", "max": f"{s.max:.4g}", "mean": f"{s.mean:.4g}",
@@ -236,6 +238,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         plt.close(fig)
         print(f"wrote {args.histograms}")
     return 0
+
+
+def _sample_size(text: str) -> int | None:
+    """``--sample``: a positive integer, or 'all' for every value."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}")
+    return value
 
 
 def _count(data: Any) -> int:
@@ -331,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arguments(p, required=True)
     p.add_argument("-o", "--output", required=True, metavar="ranges.json",
                    help="the JSON file to write (read it back with kerasurgery.stats.Calibration.from_json)")
+    p.add_argument("--sample", type=_sample_size, default=DEFAULT_SAMPLE, metavar="N|all",
+                   help=f"histograms, mean, std and zeros from at most N values per input sample of each "
+                   f"point (min and max always see all); 'all' for exact statistics ({DEFAULT_SAMPLE})")
     p.add_argument("--histograms", metavar="FILE.png", help="also draw the histograms")
     p.add_argument("--max-plots", type=int, default=16, metavar="N", help="at most N histogram panels (16)")
     p.set_defaults(func=cmd_calibrate)

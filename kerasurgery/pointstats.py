@@ -26,7 +26,11 @@ DEFAULT_PERCENTILES = (0.1, 1.0, 5.0, 50.0, 95.0, 99.0, 99.9)
 
 @dataclasses.dataclass
 class _Moments:
-    """Raw running statistics of one point (per channel, float64/int64)."""
+    """Raw running statistics of one point (per channel, float64/int64).
+
+    `count` values (per channel) were seen by `low` and `high`; the other
+    statistics describe the `n` of them that were sampled (all, if not sampled).
+    """
 
     n: int
     low: np.ndarray
@@ -37,14 +41,20 @@ class _Moments:
     exponent: np.ndarray
     start: np.ndarray
     counts: np.ndarray
+    count: int = -1
+
+    def __post_init__(self) -> None:
+        if self.count < 0:
+            self.count = self.n
 
     @classmethod
     def from_batch(cls, parts: tuple) -> _Moments:
-        rows, lo, hi, mean, var, zeros, e, start, counts = (_backend.as_numpy(p) for p in parts[:9])
+        count, rows, lo, hi, mean, var, zeros, e, start, counts = (_backend.as_numpy(p) for p in parts[:10])
         n = int(rows)
         return cls(
             n, lo.astype(np.float64), hi.astype(np.float64), mean.astype(np.float64),
             var.astype(np.float64) * n, zeros.astype(np.int64), _int(e), _int(start), counts.astype(np.int64),
+            int(count),
         )
 
     def merge(self, other: _Moments, bins: int) -> _Moments:
@@ -57,7 +67,7 @@ class _Moments:
         )
         return _Moments(
             n, np.minimum(self.low, other.low), np.maximum(self.high, other.high), mean, m2,
-            self.zeros + other.zeros, e, start, counts,
+            self.zeros + other.zeros, e, start, counts, self.count + other.count,
         )
 
 
@@ -77,14 +87,17 @@ class PointStats:
         address: the point.
         shape: its per-sample shape (None where batches differed); dtype: its dtype name.
         channel_axis: the axis statistics are per (None: the whole tensor).
-        samples: samples seen; count: values seen per channel.
+        samples: input samples seen; count: values seen per channel (by min and max).
+        sampled: values per channel behind mean, std, zeros and the histogram
+            (``count`` unless the point was sampled).
         bins: histogram cells.
-        histogram_stride: the histogram counts every this-th value (1: all).
+        sample: the `calibrate` setting: values per input sample (and channel)
+            at most in the sample, or None (every value).
     """
 
     def __init__(self, address: str, *, shape: tuple, dtype: str, channel_axis: int | None, bins: int,
                  samples: int, moments: _Moments, percentiles: tuple = DEFAULT_PERCENTILES,
-                 histogram_stride: int = 1):
+                 sample: int | None = None):
         self.address = address
         self.shape = tuple(shape)
         self.dtype = dtype
@@ -93,25 +106,27 @@ class PointStats:
         self.samples = samples
         self._m = moments
         self.quantiles = tuple(float(q) for q in percentiles)
-        self.histogram_stride = int(histogram_stride)
+        self.sample = None if sample is None else int(sample)
 
     def _out(self, values: np.ndarray) -> Any:
         return float(values[0]) if self.channel_axis is None else np.array(values)
 
-    count = property(lambda self: self._m.n)
+    count = property(lambda self: self._m.count)
+    sampled = property(lambda self: self._m.n)
+    exact = property(lambda self: self._m.n == self._m.count, doc="True if every value was used.")
     min = property(lambda self: self._out(self._m.low), doc="Smallest value.")
     max = property(lambda self: self._out(self._m.high), doc="Largest value.")
     mean = property(lambda self: self._out(self._m.mean), doc="Mean value.")
     var = property(lambda self: self._out(self._m.m2 / max(self._m.n, 1)), doc="Population variance.")
     std = property(lambda self: self._out(np.sqrt(self._m.m2 / max(self._m.n, 1))), doc="Standard deviation.")
-    zeros = property(lambda self: self._out(self._m.zeros), doc="Number of exact zeros.")
+    zeros = property(lambda self: self._out(self._m.zeros), doc="Number of exact zeros (of the sampled values).")
     zero_fraction = property(lambda self: self._out(self._m.zeros / max(self._m.n, 1)), doc="Fraction of zeros.")
 
     @property
     def histogram(self) -> tuple[np.ndarray, np.ndarray]:
         """``(counts, edges)`` like `numpy.histogram` (with a leading channel axis if per channel).
 
-        With ``histogram_stride > 1`` the counts are of the sampled values.
+        Counts are of the `sampled` values (all of them if `exact`).
         """
         counts, edges = self._m.counts, grid.edges(self._m.exponent, self._m.start, self.bins)
         return (counts[0], edges[0]) if self.channel_axis is None else (counts, edges)
@@ -132,19 +147,19 @@ class PointStats:
         """Statistics of the union of the data behind `self` and `other`."""
         if not isinstance(other, PointStats):
             raise DataError(f"Expected PointStats to merge with. Received: {type(other).__name__}.")
-        mine = (self.address, self.channel_axis, self.bins, self._m.low.shape, self.histogram_stride)
-        theirs = (other.address, other.channel_axis, other.bins, other._m.low.shape, other.histogram_stride)
+        mine = (self.address, self.channel_axis, self.bins, self._m.low.shape, self.sample)
+        theirs = (other.address, other.channel_axis, other.bins, other._m.low.shape, other.sample)
         if mine != theirs:
             raise DataError(
                 "Expected statistics of the same point, computed with the same `bins`, "
-                "`per_channel` and `histogram_stride`, to merge. Received: (address, channel axis, "
-                f"bins, channels, stride) {mine} and {theirs}."
+                "`per_channel` and `sample`, to merge. Received: (address, channel axis, "
+                f"bins, channels, sample) {mine} and {theirs}."
             )
         shape = tuple(a if a == b else None for a, b in zip(self.shape, other.shape))
         return PointStats(self.address, shape=shape, dtype=self.dtype, channel_axis=self.channel_axis,
                           bins=self.bins, samples=self.samples + other.samples,
                           moments=self._m.merge(other._m, self.bins), percentiles=self.quantiles,
-                          histogram_stride=self.histogram_stride)
+                          sample=self.sample)
 
     def to_dict(self) -> dict:
         """JSON-ready dict; `from_dict` restores it exactly (merge included)."""
@@ -154,12 +169,13 @@ class PointStats:
         qs = qs if self.channel_axis is None else qs.T
         return {
             "address": self.address, "shape": list(self.shape), "dtype": self.dtype,
-            "channel_axis": self.channel_axis, "samples": self.samples, "count": m.n,
+            "channel_axis": self.channel_axis, "samples": self.samples, "count": m.count,
+            "sampled": m.n,
             "min": lst(m.low), "max": lst(m.high), "mean": lst(m.mean), "std": lst(np.sqrt(m.m2 / m.n)),
             "zero_fraction": lst(m.zeros / m.n), "zeros": lst(m.zeros), "m2": lst(m.m2),
             "percentiles": {f"{q:g}": lst(np.atleast_1d(v)) for q, v in zip(self.quantiles, qs)},
             "histogram": {
-                "bins": self.bins, "stride": self.histogram_stride,
+                "bins": self.bins, "sample": self.sample,
                 "exponent": m.exponent.tolist(), "start": m.start.tolist(),
                 "low": grid.edges(m.exponent, m.start, 0)[:, 0].tolist(),
                 "width": np.ldexp(1.0, m.exponent).tolist(), "counts": m.counts.tolist(),
@@ -171,13 +187,14 @@ class PointStats:
         arr = lambda key: np.atleast_1d(np.asarray(d[key], np.float64))
         h = d["histogram"]
         moments = _Moments(
-            int(d["count"]), arr("min"), arr("max"), arr("mean"), arr("m2"), arr("zeros").astype(np.int64),
-            np.asarray(h["exponent"], np.int64), np.asarray(h["start"], np.int64), np.asarray(h["counts"], np.int64),
+            int(d.get("sampled", d["count"])), arr("min"), arr("max"), arr("mean"), arr("m2"),
+            arr("zeros").astype(np.int64), np.asarray(h["exponent"], np.int64), np.asarray(h["start"], np.int64),
+            np.asarray(h["counts"], np.int64), int(d["count"]),
         )
         return cls(d["address"], shape=tuple(d["shape"]), dtype=d["dtype"], channel_axis=d["channel_axis"],
                    bins=int(h["bins"]), samples=int(d["samples"]), moments=moments,
                    percentiles=tuple(float(q) for q in d.get("percentiles", {})),
-                   histogram_stride=int(h.get("stride", 1)))
+                   sample=h.get("sample"))
 
     def __repr__(self) -> str:
         if self.channel_axis is None:

@@ -165,7 +165,8 @@ def run(plan: Plan, source: Source, sink: Any, *, progress: bool | None = None) 
 
     The sink's copy of batch ``i`` (in a worker thread) overlaps the forward
     pass of batch ``i + 1``; at most two batches of outputs are alive. A sink
-    with an ``extra()`` method gives the step's extra arguments per batch.
+    with an ``extra(start, rows)`` method gives the step's extra arguments for
+    the batch of input samples ``start .. start + rows``.
     """
     plan.step.start()
     bar = Progress(progress, source.num_batches)
@@ -176,7 +177,7 @@ def run(plan: Plan, source: Source, sink: Any, *, progress: bool | None = None) 
         try:
             for arrays in source:
                 rows = int(arrays[0].shape[0])
-                extra = sink.extra() if hasattr(sink, "extra") else ()
+                extra = sink.extra(written, rows) if hasattr(sink, "extra") else ()
                 outputs = plan.step(pack(plan.probe, arrays), *extra)
                 if batches == 0:
                     sink.prepare(outputs, rows)

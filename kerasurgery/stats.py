@@ -1,17 +1,28 @@
 """`calibrate`: streaming statistics of many points over a dataset.
 
 Each batch goes through one compiled step: the probe's tensors (see
-`kerasurgery.collect`) are reduced *inside the graph* with `keras.ops` to
-count, min, max, mean, variance, number of zeros and a histogram (per tensor,
-or per channel), so only a few numbers per point leave the graph and no
-activation is ever kept. On the host, batch results merge into running
-statistics in float64 (Chan's formula for mean and variance; histograms on a
-shared power-of-two grid, see `kerasurgery.histogram`). The same merge
-combines the statistics of two shards into those of the whole.
+`kerasurgery.collect`) are reduced *inside the graph* with `keras.ops`, so
+only a few numbers per point leave the graph and no activation is ever kept.
+On the host, batch results merge into running statistics in float64 (Chan's
+formula for mean and variance; histograms on a shared power-of-two grid, see
+`kerasurgery.histogram`). The same merge combines the statistics of two shards
+into those of the whole.
+
+Cost. Every statistic is a pass over every value of every point, and on a CPU
+a pass costs about a third of the forward pass that produced the value, so
+exact statistics of every point (min, max, mean, variance, zeros and the
+histogram: about 14 passes) cost 4-6 forward passes. Hence `sample`: min,
+max and the counts always see every value (2 passes), while the histogram,
+percentiles, mean, std and zero fraction are computed from at most `sample`
+values per channel of each input sample, taken as contiguous blocks (a gather
+that reads only those blocks), spread evenly over the sample and rotating from
+sample to sample so that every position is covered over the dataset. Points
+with fewer values per sample are exact.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -33,10 +44,72 @@ from kerasurgery.pointstats import (
 )
 from kerasurgery.runner import plan_for, run
 
-__all__ = ["Calibration", "PointStats", "calibrate", "merge"]
+__all__ = ["DEFAULT_SAMPLE", "Calibration", "PointStats", "calibrate", "merge"]
+
+DEFAULT_SAMPLE = 2048
+_BLOCK_VALUES = 256  # values per gathered block at most (1 KB of float32): contiguous reads
+_FOLD = 64  # rows per middle-axis step of per-channel reductions (3x faster than reducing axis 0 alone)
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 # ---------------------------------------------------------------------------
-# in the graph
+# layout: decided once per point, from its static shape
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """How one point is reduced.
+
+    Attributes:
+        axis: its channel axis (None: statistics of the whole tensor).
+        channels: values per row (1 for the whole tensor).
+        rows: rows per input sample (None if the shape is not static).
+        block: rows per gathered block; blocks: blocks per input sample.
+        take: blocks gathered per input sample (0: no sampling, every value).
+        spacing: blocks between two gathered blocks of one input sample.
+        step: shift of the first gathered block from one input sample to the
+            next (coprime to `blocks`, near the golden section of it: over
+            consecutive samples the gathered positions cover every block).
+        fold: rows per middle-axis step of the per-channel reductions.
+    """
+
+    axis: int | None
+    channels: int
+    rows: int | None
+    block: int = 1
+    blocks: int = 1
+    take: int = 0
+    spacing: int = 1
+    step: int = 0
+    fold: int = 1
+
+    @property
+    def sampled(self) -> bool:
+        return self.take > 0
+
+    @property
+    def sample_fold(self) -> int:
+        return _largest_divisor(self.take * self.block, _FOLD) if self.axis is not None else 1
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    """The largest divisor of `n` that is at most `limit` (at least 1)."""
+    best = 1
+    for d in range(1, math.isqrt(n) + 1):
+        if n % d == 0:
+            best = max([best] + [c for c in (d, n // d) if c <= limit])
+    return best
+
+
+def _coprime_near(n: int, target: float) -> int:
+    """The integer in ``[1, n)`` closest to `target` that is coprime to `n` (1 if n <= 2)."""
+    if n <= 2:
+        return 1
+    base = min(max(round(target), 1), n - 1)
+    for delta in range(n):
+        for c in (base - delta, base + delta):
+            if 1 <= c < n and math.gcd(c, n) == 1:
+                return c
+    return 1
 
 
 def _channel_axis(tensor: Any, per_channel: bool, axis: int) -> int | None:
@@ -50,57 +123,101 @@ def _channel_axis(tensor: Any, per_channel: bool, axis: int) -> int | None:
     return axis
 
 
-def _stride(tensor: Any, axis: int | None, stride: int) -> int:
-    """The histogram stride actually used: >= `stride`, coprime to the rows per sample.
-
-    Rows are values (per tensor) or positions (per channel). Being coprime to
-    the rows of one sample, every position (and channel) is sampled equally.
-    """
+def _layout(tensor: Any, per_channel: bool, channel_axis: int, sample: int | None) -> _Layout:
+    axis = _channel_axis(tensor, per_channel, channel_axis)
+    channels = 1 if axis is None else int(tensor.shape[axis])
     dims = tensor.shape[1:]
-    if stride == 1 or any(d is None for d in dims):
-        return stride
-    rows = math.prod(dims) // (1 if axis is None else tensor.shape[axis])
-    while math.gcd(stride, rows) != 1:
-        stride += 1
-    return stride
+    if any(d is None for d in dims) or channels == 0:
+        return _Layout(axis, channels, None)
+    rows = math.prod(dims) // channels
+    fold = _largest_divisor(rows, _FOLD) if axis is not None and rows else 1
+    if sample is None or rows <= sample:
+        return _Layout(axis, channels, rows, fold=fold)
+    block = _largest_divisor(rows, max(1, min(sample, _BLOCK_VALUES // channels)))
+    blocks = rows // block
+    take = -(-sample // block)
+    if take >= blocks:
+        return _Layout(axis, channels, rows, fold=fold)
+    step = _coprime_near(blocks, _GOLDEN * blocks)
+    return _Layout(axis, channels, rows, block, blocks, take, blocks // take, step, fold)
 
 
-def _reduce(t: Any, axis: int | None, bins: int, running: tuple, stride: int = 1) -> tuple:
-    """In-graph reductions of one tensor: (rows, min, max, mean, var, zeros, e, start, counts, shape).
+# ---------------------------------------------------------------------------
+# in the graph
 
-    `running` is ``(lo, hi, e)`` of the point's histogram so far (see
-    `kerasurgery.histogram.batch_histogram`); the histogram counts every
-    `stride`-th row (every other statistic sees every value).
+
+def _column_sum(v: Any, fold: int) -> Any:
+    """Sum over the rows of a ``(rows, channels)`` tensor, `fold` rows at a time first."""
+    if fold > 1:
+        v = ops.sum(ops.reshape(v, (-1, fold, v.shape[-1])), axis=1)
+    return ops.sum(v, axis=0)
+
+
+def _extremes(x: Any, lay: _Layout) -> tuple[Any, Any]:
+    """Exact min and max of every value of `x` (channels last), per channel or whole."""
+    if lay.axis is None:
+        return ops.reshape(ops.min(x), (1,)), ops.reshape(ops.max(x), (1,))
+    if lay.fold > 1:
+        x = ops.reshape(x, (-1, lay.fold, lay.channels))
+        return ops.min(ops.min(x, axis=1), axis=0), ops.max(ops.max(x, axis=1), axis=0)
+    x = ops.reshape(x, (-1, lay.channels))
+    return ops.min(x, axis=0), ops.max(x, axis=0)
+
+
+def _gather(x: Any, lay: _Layout, offsets: Any) -> Any:
+    """The sampled rows of `x` (channels last): `take` blocks of each input sample.
+
+    `offsets` (int32, one per input sample of the batch) is the first block
+    gathered from each sample; the others follow every `spacing` blocks,
+    wrapping around.
+    """
+    blocks = ops.reshape(x, (-1, lay.block * lay.channels))
+    sample = ops.cumsum(ops.ones_like(offsets)) - 1
+    within = ops.mod(ops.expand_dims(offsets, 1) + ops.arange(lay.take, dtype="int32") * lay.spacing, lay.blocks)
+    index = ops.reshape(ops.expand_dims(sample * lay.blocks, 1) + within, (-1,))
+    return ops.reshape(ops.take(blocks, index, axis=0), (-1, lay.channels))
+
+
+def _reduce(t: Any, lay: _Layout, bins: int, running: tuple, offsets: Any) -> tuple:
+    """In-graph reductions of one point.
+
+    Returns ``(count, n, min, max, mean, var, zeros, e, start, counts, shape)``:
+    `count` rows seen by min and max (all of them), `n` rows in the sample
+    that the other statistics describe. `running` is ``(lo, hi, e)`` of the
+    point's histogram so far (see `kerasurgery.histogram.batch_histogram`).
     """
     x = ops.cast(t, "float32")
-    if axis is None:
-        x = ops.reshape(x, (-1, 1))
+    if lay.axis is not None and lay.axis != len(t.shape) - 1:
+        x = ops.moveaxis(x, lay.axis, -1)
+    lo, hi = _extremes(x, lay)
+    everything = ops.reshape(x, (-1, lay.channels))
+    if lay.sampled:
+        values, fold = _gather(x, lay, offsets), lay.sample_fold
     else:
-        if axis != len(t.shape) - 1:
-            x = ops.moveaxis(x, axis, -1)
-        x = ops.reshape(x, (-1, t.shape[axis]))
-    lo = ops.min(x, axis=0)
-    hi = ops.max(x, axis=0)
-    mean, var = ops.moments(x, axes=[0])
-    zeros = ops.sum(ops.cast(ops.equal(x, 0.0), "int32"), axis=0)
-    sample = x if stride == 1 else x[::stride]
-    e, start, counts = grid.batch_histogram(sample, lo, hi, bins, running)
-    rows = ops.cast(ops.shape(x)[0], "int32")
+        values, fold = everything, lay.fold
+    n = ops.shape(values)[0]
+    mean = _column_sum(values, fold) / ops.cast(n, "float32")
+    var = _column_sum(ops.square(values - mean), fold) / ops.cast(n, "float32")
+    zeros = _column_sum(ops.cast(ops.equal(values, 0.0), "int32"), fold)
+    e, start, counts = grid.batch_histogram(values, lo, hi, bins, running)
+    count = ops.cast(ops.shape(everything)[0], "int32")
     shape = ops.stack([ops.cast(d, "int32") for d in ops.shape(t)])
-    return rows, lo, hi, mean, var, zeros, e, start, counts, shape
+    return count, ops.cast(n, "int32"), lo, hi, mean, var, zeros, e, start, counts, shape
 
 
 class _Accumulator:
     """The sink of `calibrate`: merges each batch's reductions (nothing else is kept).
 
-    Its `extra()` packs every point's running ``(lo, hi, e)`` into one
-    ``(3, channels)`` array for the step, so that batches usually land on the
-    running histogram windows (one argument, not three per point).
+    Its `extra(start, rows)` gives the step, for the batch of input samples
+    ``start .. start + rows``: every point's running ``(lo, hi, e)`` packed
+    into one ``(3, channels)`` array, so that batches usually land on the
+    running histogram windows; and the first gathered block of every sampled
+    point for each input sample, ``(rows, points)``.
     """
 
-    def __init__(self, bins: int, channels: dict[str, int]):
+    def __init__(self, bins: int, layouts: dict[str, _Layout]):
         self.bins = bins
-        self.channels = channels
+        self.layouts = layouts
         self.state: dict[str, _Moments] = {}
         self.shapes: dict[str, tuple] = {}  # per-sample shapes seen (None where they varied)
 
@@ -110,19 +227,24 @@ class _Accumulator:
     def check(self, outputs: dict, rows: int, where: str) -> None:
         pass
 
-    def extra(self) -> tuple[np.ndarray]:
+    def extra(self, start: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
         parts = []
-        for key, c in self.channels.items():
+        for key, lay in self.layouts.items():
             m = self.state.get(key)
             if m is None:
+                c = lay.channels
                 parts.append(np.array([[np.inf] * c, [-np.inf] * c, [-np.inf] * c], np.float32))
             else:
                 parts.append(np.stack([m.low, m.high, m.exponent]).astype(np.float32))
-        return (np.concatenate(parts, axis=1),)
+        index = np.arange(start, start + rows, dtype=np.int64)[:, None]
+        steps = np.array([lay.step for lay in self.layouts.values()], np.int64)
+        blocks = np.array([lay.blocks for lay in self.layouts.values()], np.int64)
+        offsets = (index % blocks) * steps % blocks
+        return np.concatenate(parts, axis=1), offsets.astype(np.int32)
 
     def write(self, start: int, rows: int, outputs: dict) -> None:
         for key, parts in outputs.items():
-            shape = tuple(int(d) for d in _backend.as_numpy(parts[9])[1:])
+            shape = tuple(int(d) for d in _backend.as_numpy(parts[10])[1:])
             seen = self.shapes.setdefault(key, shape)
             self.shapes[key] = tuple(a if a == b else None for a, b in zip(seen, shape))
             batch = _Moments.from_batch(parts)
@@ -142,7 +264,7 @@ def calibrate(
     percentiles: Any = DEFAULT_PERCENTILES,
     training: bool = False,
     steps: int | None = None,
-    histogram_stride: int = 1,
+    sample: int | None = DEFAULT_SAMPLE,
 ) -> Calibration:
     """Streaming statistics of `points` of `model` over `data`.
 
@@ -167,19 +289,22 @@ def calibrate(
         percentiles: percentiles (0-100) reported by `to_dict`.
         training: run layers in training mode (the model is not changed).
         steps: read at most this many batches.
-        histogram_stride: build histograms (and percentiles) from every
-            k-th value only (k >= this, coprime to each point's values per
-            sample, so every position and channel is sampled evenly). The
-            histogram is the costliest statistic (several passes over every
-            activation); min, max, mean, std and zeros stay exact. 1: every
-            value, exact counts.
+        sample: values per input sample (per channel, with `per_channel`)
+            from which the histogram, percentiles, mean, std and zero
+            fraction of a point are computed. Points with more are sampled in
+            contiguous blocks spread over the sample, shifted from one input
+            sample to the next so that every position is covered over the
+            dataset. ``min``, ``max`` and ``count`` always see every value.
+            None: every value (exact; on a large model about 3x slower, see
+            docs/performance.md).
 
     Returns:
         A `Calibration`: ``{address: PointStats}``.
 
     Raises:
         AddressError: a point is not an address of `model`.
-        DataError: the data does not fit the model or is empty; bad `bins`.
+        DataError: the data does not fit the model or is empty; bad `bins`
+            or `sample`.
 
     Example:
         >>> import keras, numpy as np, kerasurgery as ks
@@ -198,48 +323,46 @@ def calibrate(
     qs = tuple(float(q) for q in np.atleast_1d(np.asarray(percentiles, np.float64)))
     if any(not 0 <= q <= 100 for q in qs):
         raise DataError(f"Expected percentiles between 0 and 100. Received: percentiles={percentiles!r}.")
-    stride_ok = isinstance(histogram_stride, (int, np.integer)) and not isinstance(histogram_stride, bool)
-    if not stride_ok or histogram_stride < 1:
+    if sample is not None and (
+        isinstance(sample, bool) or not isinstance(sample, (int, np.integer)) or sample < 1
+    ):
         raise DataError(
-            f"Expected `histogram_stride` to be an integer >= 1. Received: histogram_stride={histogram_stride!r}."
+            "Expected `sample` to be a positive integer (values per input sample) or None (every "
+            f"value). Received: sample={sample!r}."
         )
     if not isinstance(channel_axis, (int, np.integer)) or isinstance(channel_axis, bool):
         raise DataError(f"Expected `channel_axis` to be an integer. Received: channel_axis={channel_axis!r}.")
     bins, per_channel, channel_axis = int(bins), bool(per_channel), int(channel_axis)
+    sample = None if sample is None else int(sample)
 
-    stride = int(histogram_stride)
-
-    def layout(probe: keras.Model, unique: list[str]) -> tuple[dict, dict, dict]:
-        axes = {k: _channel_axis(probe.output[k], per_channel, channel_axis) for k in unique}
-        channels = {k: 1 if a is None else int(probe.output[k].shape[a]) for k, a in axes.items()}
-        strides = {k: _stride(probe.output[k], a, stride) for k, a in axes.items()}
-        return axes, channels, strides
+    def layouts(probe: keras.Model, unique: list[str]) -> dict[str, _Layout]:
+        return {k: _layout(probe.output[k], per_channel, channel_axis, sample) for k in unique}
 
     def make_post(probe: keras.Model, unique: list[str]) -> tuple:
-        axes, channels, strides = layout(probe, unique)
-        offsets = np.cumsum([0, *channels.values()])
+        lays = layouts(probe, unique)
+        offsets = np.cumsum([0, *(lay.channels for lay in lays.values())])
 
-        def post(outputs: dict, running: Any) -> dict:
+        def post(outputs: dict, running: Any, first: Any) -> dict:
             result = {}
-            for j, k in enumerate(unique):
+            for j, (k, lay) in enumerate(lays.items()):
                 window = tuple(running[i, offsets[j] : offsets[j + 1]] for i in range(3))
-                result[k] = _reduce(outputs[k], axes[k], bins, window, strides[k])
+                result[k] = _reduce(outputs[k], lay, bins, window, first[:, j])
             return result
 
-        return post, (((3, int(offsets[-1])), "float32"),)
+        return post, (((3, int(offsets[-1])), "float32"), ((None, len(unique)), "int32"))
 
-    tag = ("stats", bins, per_channel, channel_axis, stride)
+    tag = ("stats", bins, per_channel, channel_axis, sample)
     plan = plan_for(model, points, training=training, default="all", tag=tag, make_post=make_post)
-    axes, channels, strides = layout(plan.probe, plan.unique)
+    lays = layouts(plan.probe, plan.unique)
     source = adapt(data, plan.probe, batch_size=batch_size, steps=steps)
-    sink = _Accumulator(bins, channels)
+    sink = _Accumulator(bins, lays)
     samples = run(plan, source, sink, progress=progress)
     result = Calibration(model=model.name)
     for address, key in plan.keys.items():
         t = plan.probe.output[key]
         result[address] = PointStats(
             address, shape=sink.shapes[key], dtype=keras.backend.standardize_dtype(t.dtype),
-            channel_axis=axes[key], bins=bins, samples=samples, moments=sink.state[key], percentiles=qs,
-            histogram_stride=strides[key],
+            channel_axis=lays[key].axis, bins=bins, samples=samples, moments=sink.state[key], percentiles=qs,
+            sample=sample,
         )
     return result

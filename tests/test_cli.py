@@ -245,6 +245,18 @@ class TestCalibrate:
         assert plt.imread(png).shape[0] > 100
         assert "conv:pre" in out
 
+    def test_sample(self, capsys, files, tmp_path):
+        counts = {}
+        for sample in ("all", "4"):
+            path = tmp_path / f"ranges_{sample}.json"
+            code, _, err = run(capsys, "calibrate", files["cnn_bn"], "--data", files["images"], "--points", "conv",
+                               "-o", path, "--sample", sample, "--quiet")
+            assert code == 0, err
+            point = json.loads(path.read_text())["points"]["conv"]
+            counts[sample] = (point["count"], point["sampled"], point["min"], point["max"])
+        assert counts["all"][0] == counts["all"][1] == counts["4"][0] > counts["4"][1]
+        assert counts["all"][2:] == counts["4"][2:]  # min and max always see every value
+
 
 @needs_collect
 @needs_stats
@@ -317,6 +329,8 @@ BAD_CALIBRATE = {
     "calibrate: unknown point": (["calibrate", "{cnn_bn}", "--data", "{images}", "--points", "nope:pre", "-o",
                                   "{dir}/r.json", "--quiet"], "'nope:pre'"),
     "calibrate: output suffix": (["calibrate", "{cnn_bn}", "--data", "{images}", "-o", "{dir}/r.txt"], ".json"),
+    "calibrate: bad --sample": (["calibrate", "{cnn_bn}", "--data", "{images}", "-o", "{dir}/r.json", "--sample",
+                                 "0"], "positive integer or 'all'"),
 }
 
 

@@ -44,7 +44,7 @@ class TestAgainstNumpy:
         model = ZOO[name]()
         data = sample_inputs(model, batch=N)
         before = snapshot(model)
-        stats = ks.calibrate(model, data, batch_size=6, bins=64, progress=False)
+        stats = ks.calibrate(model, data, batch_size=6, bins=64, sample=None, progress=False)
         assert list(stats) == ks.points(model)
         acts = ks.collect(model, data, list(stats), batch_size=6, progress=False)
         for address, s in stats.items():
@@ -59,6 +59,7 @@ class TestAgainstNumpy:
         stats = ks.calibrate(model, data, ["conv:pre", "conv", "gap"], batch_size=8, progress=False)
         acts = ks.collect(model, data, list(stats), batch_size=8, progress=False)
         for address, s in stats.items():
+            assert s.exact  # at most 2048 values per sample: the default keeps every one
             assert_matches_numpy(s, acts[address])
         assert 0.3 < stats["conv"].zero_fraction < 0.7  # a ReLU output
 
@@ -95,26 +96,52 @@ class TestAgainstNumpy:
         s = ks.calibrate(flat, np.ones((4, 4)), per_channel=True, progress=False)
         assert s[ks.points(flat)[-1]].channel_axis is None  # (batch,) has no channel
 
-    def test_histogram_stride_samples_every_kth_value(self):
+    def test_sampling_keeps_min_max_and_counts_exact(self):
         model = ZOO["cnn_bn"]()
         data = sample_inputs(model, batch=N)
-        stats = ks.calibrate(model, data, ["conv", "gap"], batch_size=8, histogram_stride=4, progress=False)
-        full = ks.calibrate(model, data, ["conv", "gap"], batch_size=8, progress=False)
-        acts = ks.collect(model, data, ["conv", "gap"], progress=False)
-        assert stats["conv"].histogram_stride == 5  # 4 divides the 16*16*8 values per sample; 5 does not
-        assert stats["gap"].histogram_stride == 5  # nor the 4 of gap
-        for address, s in stats.items():
-            a = acts[address].astype(np.float64)
-            sample = np.concatenate([a[i : i + 8].ravel()[::5] for i in range(0, N, 8)])
+        points = ["conv", "gap", "image"]
+        before = snapshot(model)
+        stats = ks.calibrate(model, data, points, batch_size=8, sample=16, progress=False)
+        full = ks.calibrate(model, data, points, batch_size=8, sample=None, progress=False)
+        acts = ks.collect(model, data, points, progress=False)
+        assert_unchanged(model, before)
+        for address in ("conv", "image"):  # 2048 and 768 values per sample: sampled
+            s, a = stats[address], acts[address].astype(np.float64)
+            assert not s.exact and s.sample == 16 and full[address].exact
+            assert (s.min, s.max, s.count) == (a.min(), a.max(), a.size)
+            assert s.sampled % N == 0 and 16 <= s.sampled // N < 64
             counts, edges = s.histogram
-            np.testing.assert_array_equal(counts, np.histogram(sample, bins=edges)[0])
-            assert (s.min, s.max, s.zeros, s.count) == (full[address].min, full[address].max,
-                                                        full[address].zeros, full[address].count)
-            assert s.to_dict()["histogram"]["stride"] == 5
-        with pytest.raises(ks.DataError, match="histogram_stride"):
+            assert counts.sum() == s.sampled
+            assert np.all(counts <= np.histogram(a, bins=edges)[0])  # only real values, none twice
+            assert abs(s.mean - a.mean()) < 0.5 * a.std() and 0.5 < s.std / a.std() < 2
+        assert stats["gap"].exact  # 8 values per sample: every one
+        assert_matches_numpy(stats["gap"], acts["gap"])
+        d = stats["conv"].to_dict()
+        assert d["sampled"] == stats["conv"].sampled and d["histogram"]["sample"] == 16
+        assert PointStats.from_dict(d).to_dict() == d
+        with pytest.raises(ks.DataError, match="sample"):
             stats.merge(full)
-        with pytest.raises(ks.DataError, match="histogram_stride"):
-            ks.calibrate(model, data, histogram_stride=0)
+
+    @pytest.mark.backend
+    @pytest.mark.parametrize("per_channel", [False, True])
+    def test_sampling_covers_every_position(self, per_channel):
+        """Each value of the input is its own position; over the dataset each is sampled equally."""
+        x = keras.Input((30, 4), name="x")
+        model = keras.Model(x, layers.Dense(2, name="d")(x))
+        one = np.arange(120, dtype="float32").reshape(30, 4)
+        data = np.broadcast_to(one, (2 * 10, 30, 4)).copy()  # 10 input samples cover each block once
+        sample = 3 if per_channel else 12  # 3 positions per channel, or 12 values, per input sample
+        s = ks.calibrate(model, data, "x", batch_size=7, sample=sample, per_channel=per_channel, bins=128,
+                         progress=False)["x"]
+        assert not s.exact and s.count == 20 * (30 if per_channel else 120)
+        assert s.sampled == 20 * (3 if per_channel else 12)
+        counts, edges = s.histogram
+        values = np.asarray(one if per_channel else one.reshape(-1, 1), np.float64)
+        for c in range(values.shape[1]):
+            expected = np.histogram(values[:, c], bins=edges if not per_channel else edges[c])[0] * 2
+            np.testing.assert_array_equal(counts if not per_channel else counts[c], expected)
+        np.testing.assert_allclose(s.mean, values.mean(axis=0) if per_channel else values.mean(), rtol=1e-6)
+        np.testing.assert_allclose(s.std, values.std(axis=0) if per_channel else values.std(), rtol=1e-5)
 
     def test_constant_and_dead_points(self):
         x = keras.Input((3,), name="x")
@@ -274,6 +301,11 @@ class TestBadInput:
     def test_bins(self, bins):
         with pytest.raises(ks.DataError, match="bins"):
             ks.calibrate(ZOO["mlp"](), np.zeros((2, 8)), bins=bins)
+
+    @pytest.mark.parametrize("sample", [0, -3, 2.5, True, "all"])
+    def test_sample(self, sample):
+        with pytest.raises(ks.DataError, match="sample"):
+            ks.calibrate(ZOO["mlp"](), np.zeros((2, 8)), sample=sample)
 
     def test_percentiles(self):
         with pytest.raises(ks.DataError, match="between 0 and 100"):
