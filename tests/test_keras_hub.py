@@ -17,7 +17,7 @@ import kerasurgery as ks
 from kerasurgery import kinds
 from kerasurgery.address import Resolver
 from kerasurgery.edit import input_feed
-from zoo import assert_roundtrip, assert_unchanged, eager_values, snapshot
+from zoo import assert_roundtrip, assert_unchanged, eager_values, snapshot, to_numpy
 
 keras_hub = pytest.importorskip("keras_hub")
 
@@ -108,7 +108,7 @@ def built():
 
 
 def outputs(model, data):
-    return keras.tree.map_structure(np.asarray, model(data, training=False))
+    return keras.tree.map_structure(to_numpy, model(data, training=False))
 
 
 def assert_same(a, b, atol=1e-6):
@@ -303,7 +303,7 @@ def test_more_backbones(name, tmp_path):
         elif kinds.is_activation_layer(op):
             want = values[input_feed(graph, point.node)[0]][0]
         else:  # fused: the layer's output is its activation of :pre
-            np.testing.assert_allclose(np.asarray(op.activation(got[address])), values[point.node][0], atol=1e-5)
+            np.testing.assert_allclose(to_numpy(op.activation(got[address])), values[point.node][0], atol=1e-5)
             continue
         np.testing.assert_allclose(got[address], want, atol=1e-5, rtol=1e-5, err_msg=address)
 
