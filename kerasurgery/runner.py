@@ -57,7 +57,7 @@ class Plan:
 
 
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_PLANS_PER_MODEL = 4
+_PLANS_PER_MODEL = 8  # probes (and traced steps) kept per model, least recently used dropped
 
 
 def clear_cache() -> None:

@@ -17,7 +17,9 @@ percentiles, mean, std and zero fraction are computed from at most `sample`
 values per channel of each input sample, taken as contiguous blocks (a gather
 that reads only those blocks), spread evenly over the sample and rotating from
 sample to sample so that every position is covered over the dataset. Points
-with fewer values per sample are exact.
+with fewer values per sample are exact. And where a point is the output of a
+ReLU-family activation layer whose input is also a point, its min and max are
+that function of the input's min and max (exact, and one pass less each).
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from kerasurgery import _backend
+from kerasurgery import _backend, kinds
 from kerasurgery import histogram as grid
 from kerasurgery.address import Selector
 from kerasurgery.data import adapt, check_batch_size
 from kerasurgery.errors import DataError
+from kerasurgery.graph import Ref, to_graph
 from kerasurgery.pointstats import (
     DEFAULT_PERCENTILES,
     Calibration,
@@ -142,6 +145,53 @@ def _layout(tensor: Any, per_channel: bool, channel_axis: int, sample: int | Non
     return _Layout(axis, channels, rows, block, blocks, take, blocks // take, step, fold)
 
 
+def _monotone(op: Any, dtype: str) -> Any | None:
+    """`op`'s function if `op` is an activation layer computing a non-decreasing
+    elementwise function that is exact in float32 (the ReLU family), else None.
+
+    For such an ``f``, ``min(f(x)) == f(min(x))`` and ``max(f(x)) == f(max(x))``
+    bit for bit: the output's range follows from the input's.
+    """
+    exact = dtype == "float32"
+    if isinstance(op, keras.layers.ReLU):
+        slope, threshold, top = float(op.negative_slope), float(op.threshold), op.max_value
+        ok = slope >= 0 and threshold >= 0 and (top is None or float(top) >= threshold) and (slope == 0 or exact)
+    elif isinstance(op, keras.layers.LeakyReLU):
+        ok = float(op.negative_slope) >= 0 and exact
+    elif type(op) is keras.layers.Activation:
+        ok = kinds.activation_name(op.activation) in ("relu", "relu6", "linear")
+    else:
+        ok = False
+    return op.call if ok else None
+
+
+def _derived_extremes(probe: keras.Model, lays: dict[str, _Layout]) -> dict[str, tuple[str, Any]]:
+    """``{key: (source key, f)}`` for points whose min and max are ``f`` of another point's.
+
+    A point qualifies when it is the output of a `_monotone` activation layer
+    whose one input is another point with the same layout.
+    """
+    graph = to_graph(probe)
+    outputs = graph.graph["outputs"]
+    if not isinstance(outputs, dict):
+        return {}
+    by_ref = {(ref.node, ref.index): key for key, ref in outputs.items() if isinstance(ref, Ref) and key in lays}
+    derived = {}
+    for key, lay in lays.items():
+        ref = outputs.get(key)
+        if not isinstance(ref, Ref):
+            continue
+        fn = _monotone(graph.nodes[ref.node].get("op"), keras.backend.standardize_dtype(probe.output[key].dtype))
+        feeds = [(u, f) for u, _, d in graph.in_edges(ref.node, data=True) for f in d["feeds"]]
+        if fn is None or len(feeds) != 1:
+            continue
+        (source_node, (index, _slot)), = feeds
+        source = by_ref.get((source_node, index))
+        if source is not None and source != key and (lays[source].axis, lays[source].channels) == (lay.axis, lay.channels):
+            derived[key] = (source, fn)
+    return derived
+
+
 # ---------------------------------------------------------------------------
 # in the graph
 
@@ -178,18 +228,19 @@ def _gather(x: Any, lay: _Layout, offsets: Any) -> Any:
     return ops.reshape(ops.take(blocks, index, axis=0), (-1, lay.channels))
 
 
-def _reduce(t: Any, lay: _Layout, bins: int, running: tuple, offsets: Any) -> tuple:
+def _reduce(t: Any, lay: _Layout, bins: int, running: tuple, offsets: Any, extremes: tuple | None = None) -> tuple:
     """In-graph reductions of one point.
 
     Returns ``(count, n, min, max, mean, var, zeros, e, start, counts, shape)``:
     `count` rows seen by min and max (all of them), `n` rows in the sample
     that the other statistics describe. `running` is ``(lo, hi, e)`` of the
-    point's histogram so far (see `kerasurgery.histogram.batch_histogram`).
+    point's histogram so far (see `kerasurgery.histogram.batch_histogram`);
+    `extremes`, if given, the point's exact ``(min, max)`` (see `_derived_extremes`).
     """
     x = ops.cast(t, "float32")
     if lay.axis is not None and lay.axis != len(t.shape) - 1:
         x = ops.moveaxis(x, lay.axis, -1)
-    lo, hi = _extremes(x, lay)
+    lo, hi = _extremes(x, lay) if extremes is None else extremes
     everything = ops.reshape(x, (-1, lay.channels))
     if lay.sampled:
         values, fold = _gather(x, lay, offsets), lay.sample_fold
@@ -342,12 +393,27 @@ def calibrate(
         lays = layouts(probe, unique)
         offsets = np.cumsum([0, *(lay.channels for lay in lays.values())])
 
+        derived = _derived_extremes(probe, lays)
+        position = {k: j for j, k in enumerate(lays)}
+
         def post(outputs: dict, running: Any, first: Any) -> dict:
-            result = {}
-            for j, (k, lay) in enumerate(lays.items()):
-                window = tuple(running[i, offsets[j] : offsets[j + 1]] for i in range(3))
-                result[k] = _reduce(outputs[k], lay, bins, window, first[:, j])
-            return result
+            result: dict = {}
+
+            def reduce(k: str) -> tuple:
+                if k not in result:
+                    extremes = None
+                    if k in derived:
+                        source, fn = derived[k]
+                        lo, hi = reduce(source)[2:4]
+                        extremes = (fn(lo), fn(hi))
+                    j = position[k]
+                    window = tuple(running[i, offsets[j] : offsets[j + 1]] for i in range(3))
+                    result[k] = _reduce(outputs[k], lays[k], bins, window, first[:, j], extremes)
+                return result[k]
+
+            for k in lays:
+                reduce(k)
+            return {k: result[k] for k in lays}
 
         return post, (((3, int(offsets[-1])), "float32"), ((None, len(unique)), "int32"))
 

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from keras import layers
 
 import kerasurgery as ks
-from kerasurgery import histogram
+from kerasurgery import histogram, runner
+from kerasurgery import stats as stats_module
 from kerasurgery.stats import Calibration, PointStats, merge
 from zoo import ZOO, assert_unchanged, sample_inputs, snapshot
 
@@ -142,6 +143,39 @@ class TestAgainstNumpy:
             np.testing.assert_array_equal(counts if not per_channel else counts[c], expected)
         np.testing.assert_allclose(s.mean, values.mean(axis=0) if per_channel else values.mean(), rtol=1e-6)
         np.testing.assert_allclose(s.std, values.std(axis=0) if per_channel else values.std(), rtol=1e-5)
+
+    @pytest.mark.backend
+    @pytest.mark.parametrize("per_channel", [False, True])
+    def test_ranges_of_relu_outputs_follow_from_their_inputs(self, per_channel):
+        """min/max of a ReLU-family output are f(min/max of its input): exact, as if computed."""
+        x = keras.Input((6, 5), name="x")
+        h = layers.Dense(5, name="d")(x)
+        outs = [
+            layers.ReLU(max_value=0.3, name="relu6ish")(h),
+            layers.LeakyReLU(negative_slope=0.1, name="leaky")(h),
+            layers.Activation("relu", name="act")(h),
+            layers.Activation("silu", name="not_monotone")(h),  # dips below 0 near -1.28: computed
+            layers.Activation("tanh", name="tanh")(h),  # not exact in float32 everywhere: computed
+        ]
+        model = keras.Model(x, outs)
+        data = np.random.default_rng(3).normal(size=(23, 6, 5)).astype("float32")
+        points = ["d", "relu6ish", "leaky", "act", "not_monotone", "tanh"]
+        plan = runner.plan_for(model, points, default="all", tag="ranges test")
+        lays = {k: stats_module._layout(plan.probe.output[k], per_channel, -1, 2048) for k in plan.unique}
+        assert sorted(stats_module._derived_extremes(plan.probe, lays)) == ["act", "leaky", "relu6ish"]
+        stats = ks.calibrate(model, data, points, batch_size=5, per_channel=per_channel, progress=False)
+        alone = ks.calibrate(model, data, ["leaky"], batch_size=5, per_channel=per_channel, progress=False)
+        acts = ks.collect(model, data, points, progress=False)
+        # XLA (JAX) may fuse the Dense differently in the two compiled graphs: 1 ulp apart
+        tol = {"rtol": 0, "atol": 0} if keras.backend.backend() == "tensorflow" else {"rtol": 1e-6}
+        for address, values in acts.items():
+            values = values.reshape(-1, 5) if per_channel else values.ravel()
+            np.testing.assert_allclose(stats[address].min, values.min(axis=0), err_msg=address, **tol)
+            np.testing.assert_allclose(stats[address].max, values.max(axis=0), err_msg=address, **tol)
+        np.testing.assert_allclose(alone["leaky"].min, stats["leaky"].min, **tol)
+        d = stats["d"]
+        np.testing.assert_array_equal(stats["act"].min, np.maximum(d.min, 0))
+        np.testing.assert_array_equal(stats["relu6ish"].max, np.clip(d.max, 0, np.float32(0.3)))
 
     def test_constant_and_dead_points(self):
         x = keras.Input((3,), name="x")
