@@ -91,8 +91,8 @@ class PointStats:
         sampled: values per channel behind mean, std, zeros and the histogram
             (``count`` unless the point was sampled).
         bins: histogram cells.
-        sample: the `calibrate` setting: values per input sample (and channel)
-            at most in the sample, or None (every value).
+        sample: the `calibrate` setting: at most this many values of the
+            point per input sample are sampled, or None (every value).
     """
 
     def __init__(self, address: str, *, shape: tuple, dtype: str, channel_axis: int | None, bins: int,

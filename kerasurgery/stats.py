@@ -14,7 +14,7 @@ exact statistics of every point (min, max, mean, variance, zeros and the
 histogram: about 14 passes) cost 4-6 forward passes. Hence `sample`: min,
 max and the counts always see every value (2 passes), while the histogram,
 percentiles, mean, std and zero fraction are computed from at most `sample`
-values per channel of each input sample, taken as contiguous blocks (a gather
+values of each point per input sample, taken as contiguous blocks (a gather
 that reads only those blocks), spread evenly over the sample and rotating from
 sample to sample so that every position is covered over the dataset. Points
 with fewer values per sample are exact. And where a point is the output of a
@@ -49,8 +49,8 @@ from kerasurgery.runner import plan_for, run
 
 __all__ = ["DEFAULT_SAMPLE", "Calibration", "PointStats", "calibrate", "merge"]
 
-DEFAULT_SAMPLE = 2048
-_BLOCK_VALUES = 256  # values per gathered block at most (1 KB of float32): contiguous reads
+DEFAULT_SAMPLE = 256
+_BLOCK_VALUES = 64  # values per gathered block at most (256 bytes of float32): contiguous reads, several spots per sample
 _FOLD = 64  # rows per middle-axis step of per-channel reductions (3x faster than reducing axis 0 alone)
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
@@ -134,11 +134,12 @@ def _layout(tensor: Any, per_channel: bool, channel_axis: int, sample: int | Non
         return _Layout(axis, channels, None)
     rows = math.prod(dims) // channels
     fold = _largest_divisor(rows, _FOLD) if axis is not None and rows else 1
-    if sample is None or rows <= sample:
+    wanted = None if sample is None else max(1, sample // channels)  # rows per input sample
+    if wanted is None or rows <= wanted:
         return _Layout(axis, channels, rows, fold=fold)
-    block = _largest_divisor(rows, max(1, min(sample, _BLOCK_VALUES // channels)))
+    block = _largest_divisor(rows, max(1, min(wanted, _BLOCK_VALUES // channels)))
     blocks = rows // block
-    take = -(-sample // block)
+    take = -(-wanted // block)
     if take >= blocks:
         return _Layout(axis, channels, rows, fold=fold)
     step = _coprime_near(blocks, _GOLDEN * blocks)
@@ -340,9 +341,10 @@ def calibrate(
         percentiles: percentiles (0-100) reported by `to_dict`.
         training: run layers in training mode (the model is not changed).
         steps: read at most this many batches.
-        sample: values per input sample (per channel, with `per_channel`)
-            from which the histogram, percentiles, mean, std and zero
-            fraction of a point are computed. Points with more are sampled in
+        sample: values of a point per input sample (all channels together)
+            from which its histogram, percentiles, mean, std and zero
+            fraction are computed (per channel: ``sample // channels``
+            positions, at least one). Points with more are sampled in
             contiguous blocks spread over the sample, shifted from one input
             sample to the next so that every position is covered over the
             dataset. ``min``, ``max`` and ``count`` always see every value.

@@ -179,9 +179,15 @@ class TestHistograms:
             assert [ax.get_title() for ax in fig.axes] == list(stats)
             for ax, address in zip(fig.axes, stats):
                 step = ax.patches[0].get_data()
-                assert step.values.sum() == probe[address].size
+                assert step.values.sum() == stats[address].sampled  # every value, or the sampled ones
+                assert stats[address].count == probe[address].size
                 assert len(step.values) <= 40
-                assert step.edges[0] <= probe[address].min() and step.edges[-1] >= probe[address].max()
+                low, high = probe[address].min(), probe[address].max()
+                if stats[address].exact:
+                    assert step.edges[0] <= low and step.edges[-1] >= high
+                else:  # the drawn bins span the sampled values, inside the exact range
+                    width = step.edges[1] - step.edges[0]
+                    assert low - width <= step.edges[0] < step.edges[-1] <= high + width
                 xs = [line.get_xdata()[0] for line in ax.lines]
                 assert min(xs) == pytest.approx(probe[address].min(), abs=1e-5)
                 assert max(xs) == pytest.approx(probe[address].max(), abs=1e-5)
@@ -193,7 +199,8 @@ class TestHistograms:
         stats = ks.calibrate(model, data, ["conv:pre", "predictions"], per_channel=True)
         fig = ks.plot.histograms(stats)
         assert [ax.get_title() for ax in fig.axes] == ["conv:pre", "predictions"]
-        assert fig.axes[0].patches[0].get_data().values.sum() == 8 * 16 * 16 * 8
+        assert stats["conv:pre"].count == 8 * 16 * 16  # per channel
+        assert fig.axes[0].patches[0].get_data().values.sum() == 8 * stats["conv:pre"].sampled
         fig = ks.plot.histograms(stats["conv:pre"])
         assert [ax.get_title() for ax in fig.axes] == ["conv:pre"]
 

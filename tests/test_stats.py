@@ -57,10 +57,10 @@ class TestAgainstNumpy:
     def test_core(self):
         model = ZOO["cnn_bn"]()
         data = sample_inputs(model, batch=N)
-        stats = ks.calibrate(model, data, ["conv:pre", "conv", "gap"], batch_size=8, progress=False)
+        stats = ks.calibrate(model, data, ["conv:pre", "conv", "gap"], batch_size=8, sample=None, progress=False)
         acts = ks.collect(model, data, list(stats), batch_size=8, progress=False)
         for address, s in stats.items():
-            assert s.exact  # at most 2048 values per sample: the default keeps every one
+            assert s.exact
             assert_matches_numpy(s, acts[address])
         assert 0.3 < stats["conv"].zero_fraction < 0.7  # a ReLU output
 
@@ -68,7 +68,8 @@ class TestAgainstNumpy:
     def test_per_channel(self):
         model = ZOO["cnn_bn"]()
         data = sample_inputs(model, batch=N)
-        stats = ks.calibrate(model, data, ["sep:pre", "gap", "image"], per_channel=True, bins=32, progress=False)
+        stats = ks.calibrate(model, data, ["sep:pre", "gap", "image"], per_channel=True, bins=32, sample=None,
+                             progress=False)
         acts = ks.collect(model, data, list(stats), progress=False)
         for address, s in stats.items():
             values = acts[address].reshape(-1, acts[address].shape[-1]).astype(np.float64)
@@ -131,7 +132,7 @@ class TestAgainstNumpy:
         model = keras.Model(x, layers.Dense(2, name="d")(x))
         one = np.arange(120, dtype="float32").reshape(30, 4)
         data = np.broadcast_to(one, (2 * 10, 30, 4)).copy()  # 10 input samples cover each block once
-        sample = 3 if per_channel else 12  # 3 positions per channel, or 12 values, per input sample
+        sample = 13 if per_channel else 12  # 12 values per input sample: 3 positions of the 4 channels
         s = ks.calibrate(model, data, "x", batch_size=7, sample=sample, per_channel=per_channel, bins=128,
                          progress=False)["x"]
         assert not s.exact and s.count == 20 * (30 if per_channel else 120)
@@ -206,9 +207,14 @@ class TestMerge:
     def test_shards_merge_into_the_whole(self):
         model = ZOO["cnn_bn"]()
         data = sample_inputs(model, batch=24)
-        whole = ks.calibrate(model, data, batch_size=8, progress=False)
-        shards = [ks.calibrate(model, data[i : i + 8], batch_size=8, progress=False) for i in (0, 8, 16)]
+        whole = ks.calibrate(model, data, batch_size=8, sample=None, progress=False)
+        shards = [ks.calibrate(model, data[i : i + 8], batch_size=8, sample=None, progress=False) for i in (0, 8, 16)]
         merged = merge(*shards)
+        sampled = merge(*(ks.calibrate(model, data[i : i + 8], sample=4, progress=False) for i in (0, 8, 16)))
+        for address, s in sampled.items():  # sampled shards: exact ranges and counts, sampled distributions
+            assert (s.min, s.max, s.count, s.samples) == (whole[address].min, whole[address].max,
+                                                          whole[address].count, 24)
+            assert s.histogram[0].sum() == s.sampled <= s.count
         for address, s in whole.items():
             m = merged[address]
             assert m.samples == 24 and m.count == s.count
@@ -220,7 +226,11 @@ class TestMerge:
     def test_any_split_keeps_exact_statistics(self):
         model = ZOO["mlp"]()
         data = sample_inputs(model, batch=30)
-        whole = ks.collect(model, data, ["dense_1:pre", "predictions"], progress=False)
+        points = ["dense_1:pre", "predictions"]
+        # collected with the same batches as the shards (torch: a batch of one row may differ in the last bit)
+        parts = [ks.collect(model, x, points, batch_size=size, progress=False) for x, size in ((data[:7], 3),
+                                                                                            (data[7:], 5))]
+        whole = {p: np.concatenate([part[p] for part in parts]) for p in points}
         a = ks.calibrate(model, data[:7], list(whole), batch_size=3, per_channel=True, bins=16, progress=False)
         b = ks.calibrate(model, data[7:], list(whole), batch_size=5, per_channel=True, bins=16, progress=False)
         for merged in (a.merge(b), b.merge(a)):
