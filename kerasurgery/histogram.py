@@ -60,26 +60,22 @@ def _exponent(lo: Any, hi: Any, bins: int) -> Any:
     return ops.maximum(ops.maximum(e, floor), float(_MIN_EXPONENT))
 
 
-def batch_histogram(
-    x: Any, lo: Any, hi: Any, bins: int, running: tuple | None = None
-) -> tuple[Any, Any, Any]:
-    """In-graph histogram of each column of `x` (rows, channels) on the grid.
+def window(lo: Any, hi: Any, bins: int, running: tuple | None = None) -> tuple[Any, Any, Any]:
+    """In-graph histogram windows for columns whose batch range is ``[lo, hi]``.
 
     Args:
-        x: float32 tensor of shape ``(rows, channels)``.
         lo, hi: per-column minimum and maximum, shape ``(channels,)``.
         bins: cells per histogram.
-        running: optional ``(lo, hi, e)`` of the histogram this batch will be
+        running: optional ``(lo, hi, e)`` of the histograms the batch will be
             merged into (``+inf, -inf, -inf`` before the first batch). The
             window then covers that range too, so in the common case the
             batch lands on the running window exactly and merging is a sum.
 
     Returns:
-        ``(e, start, counts)``: float exponents and start cells (integer
-        valued), and int32 counts of shape ``(channels, bins)``. Non-finite
-        values fall in the edge bins.
+        ``(e, start, inv)``: float exponents and start cells (integer valued),
+        and the scales ``2**-e``. Many points can share one call (their
+        columns concatenated): the work does not grow with their number.
     """
-    channels = x.shape[-1]
     if running is not None:
         lo, hi = ops.minimum(lo, running[0]), ops.maximum(hi, running[1])
     finite_lo, finite_hi = ops.isfinite(lo), ops.isfinite(hi)
@@ -89,13 +85,41 @@ def batch_histogram(
     if running is not None:
         e = ops.maximum(e, running[2])
     inv = ops.power(2.0, -e)
-    start = ops.floor(lo * inv)
+    return e, ops.floor(lo * inv), inv
+
+
+def count(x: Any, inv: Any, start: Any, bins: int) -> Any:
+    """In-graph int32 counts ``(channels, bins)`` of the columns of `x` ``(rows, channels)``
+    in the windows ``(inv, start)`` of `window`. Non-finite values fall in the edge bins."""
+    channels = x.shape[-1]
     cell = ops.floor(x * inv) - start  # exact: x * 2**-e is exact, both sides integers
     index = ops.clip(ops.cast(cell, "int32"), 0, bins - 1)
     if channels != 1:
         index = index + ops.arange(channels, dtype="int32") * bins
     counts = _backend.count_bins(ops.reshape(index, (-1,)), channels * bins)
-    return e, start, ops.reshape(counts, (channels, bins))
+    return ops.reshape(counts, (channels, bins))
+
+
+def batch_histogram(
+    x: Any, lo: Any, hi: Any, bins: int, running: tuple | None = None
+) -> tuple[Any, Any, Any]:
+    """In-graph histogram of each column of `x` (rows, channels) on the grid.
+
+    `window` then `count`, for one tensor.
+
+    Args:
+        x: float32 tensor of shape ``(rows, channels)``.
+        lo, hi: per-column minimum and maximum, shape ``(channels,)``.
+        bins: cells per histogram.
+        running: optional ``(lo, hi, e)`` of the histogram this batch will be
+            merged into (see `window`).
+
+    Returns:
+        ``(e, start, counts)``: float exponents and start cells (integer
+        valued), and int32 counts of shape ``(channels, bins)``.
+    """
+    e, start, inv = window(lo, hi, bins, running)
+    return e, start, count(x, inv, start, bins)
 
 
 def merge(a: tuple, b: tuple, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

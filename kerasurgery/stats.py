@@ -229,14 +229,14 @@ def _gather(x: Any, lay: _Layout, offsets: Any) -> Any:
     return ops.reshape(ops.take(blocks, index, axis=0), (-1, lay.channels))
 
 
-def _reduce(t: Any, lay: _Layout, bins: int, running: tuple, offsets: Any, extremes: tuple | None = None) -> tuple:
-    """In-graph reductions of one point.
+def _reduce(t: Any, lay: _Layout, offsets: Any, extremes: tuple | None = None) -> tuple:
+    """In-graph reductions of one point, but for the histogram.
 
-    Returns ``(count, n, min, max, mean, var, zeros, e, start, counts, shape)``:
-    `count` rows seen by min and max (all of them), `n` rows in the sample
-    that the other statistics describe. `running` is ``(lo, hi, e)`` of the
-    point's histogram so far (see `kerasurgery.histogram.batch_histogram`);
-    `extremes`, if given, the point's exact ``(min, max)`` (see `_derived_extremes`).
+    Returns ``(values, (count, n, min, max, mean, var, zeros), shape)``:
+    `values` the rows ``(n, channels)`` the distribution statistics describe
+    (all, or the sample), `count` the rows seen by min and max (all of them).
+    `extremes`, if given, is the point's exact ``(min, max)`` (see
+    `_derived_extremes`).
     """
     x = ops.cast(t, "float32")
     if lay.axis is not None and lay.axis != len(t.shape) - 1:
@@ -251,10 +251,48 @@ def _reduce(t: Any, lay: _Layout, bins: int, running: tuple, offsets: Any, extre
     mean = _column_sum(values, fold) / ops.cast(n, "float32")
     var = _column_sum(ops.square(values - mean), fold) / ops.cast(n, "float32")
     zeros = _column_sum(ops.cast(ops.equal(values, 0.0), "int32"), fold)
-    e, start, counts = grid.batch_histogram(values, lo, hi, bins, running)
     count = ops.cast(ops.shape(everything)[0], "int32")
     shape = ops.stack([ops.cast(d, "int32") for d in ops.shape(t)])
-    return count, ops.cast(n, "int32"), lo, hi, mean, var, zeros, e, start, counts, shape
+    return values, (count, ops.cast(n, "int32"), lo, hi, mean, var, zeros), shape
+
+
+def _reduce_all(outputs: dict, lays: dict[str, _Layout], derived: dict, bins: int, running: Any,
+                first: Any) -> dict:
+    """In-graph statistics of every point: ``{key: (count, n, min, max, mean, var, zeros, e, start, counts,
+    shape)}``.
+
+    The histogram windows of all points are computed together, on their
+    concatenated ranges (one set of small ops instead of one per point).
+    `running` is ``(3, channels)``: every point's running ``(lo, hi, e)``,
+    concatenated; `first` ``(rows, points)``: the first gathered block of
+    each input sample (see `_gather`).
+    """
+    reduced: dict = {}
+
+    def reduce(k: str) -> tuple:
+        if k not in reduced:
+            extremes = None
+            if k in derived:
+                source, fn = derived[k]
+                lo, hi = reduce(source)[1][2:4]
+                extremes = (fn(lo), fn(hi))
+            reduced[k] = _reduce(outputs[k], lays[k], first[:, list(lays).index(k)], extremes)
+        return reduced[k]
+
+    for k in lays:
+        reduce(k)
+    lo = ops.concatenate([reduced[k][1][2] for k in lays], axis=0)
+    hi = ops.concatenate([reduced[k][1][3] for k in lays], axis=0)
+    e, start, inv = grid.window(lo, hi, bins, (running[0], running[1], running[2]))
+    result = {}
+    at = 0
+    for k, lay in lays.items():
+        values, stats, shape = reduced[k]
+        part = slice(at, at + lay.channels)
+        at += lay.channels
+        counts = grid.count(values, inv[part], start[part], bins)
+        result[k] = (*stats, e[part], start[part], counts, shape)
+    return result
 
 
 class _Accumulator:
@@ -396,26 +434,9 @@ def calibrate(
         offsets = np.cumsum([0, *(lay.channels for lay in lays.values())])
 
         derived = _derived_extremes(probe, lays)
-        position = {k: j for j, k in enumerate(lays)}
 
         def post(outputs: dict, running: Any, first: Any) -> dict:
-            result: dict = {}
-
-            def reduce(k: str) -> tuple:
-                if k not in result:
-                    extremes = None
-                    if k in derived:
-                        source, fn = derived[k]
-                        lo, hi = reduce(source)[2:4]
-                        extremes = (fn(lo), fn(hi))
-                    j = position[k]
-                    window = tuple(running[i, offsets[j] : offsets[j + 1]] for i in range(3))
-                    result[k] = _reduce(outputs[k], lays[k], bins, window, first[:, j], extremes)
-                return result[k]
-
-            for k in lays:
-                reduce(k)
-            return {k: result[k] for k in lays}
+            return _reduce_all(outputs, lays, derived, bins, running, first)
 
         return post, (((3, int(offsets[-1])), "float32"), ((None, len(unique)), "int32"))
 
