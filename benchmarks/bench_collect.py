@@ -11,6 +11,8 @@ Prints, measured side by side in one process on MobileNetV2 (weights=None,
   sample=2048 values per input sample); also exact (sample=None), with
   sample=1 (one value per input sample: close to the cost of the exact min
   and max alone, the floor), of every ':pre' point, and per channel;
+- what passes over every point cost (--only passes): the probe of every
+  point with min, then max, sum, sum of squares added, each / predict;
 - peak memory (RSS, in fresh subprocesses, data from a generator so the input
   is not held) of calibrate and collect(path=...) on 4x the data / on 1x,
   target about 1.0.
@@ -132,6 +134,48 @@ def bench_calibrate(model, repeats: int) -> None:
         print(f"  calibrate, {name:38s} {t[name]:6.2f}s  ratio {t[name] / base:5.2f}{target}")
 
 
+def bench_passes(model, repeats: int) -> None:
+    """What one pass over every point costs: the probe of every point with a few
+    in-graph reductions (no sampling, nothing derived), each / model.predict."""
+    from keras import ops
+
+    from kerasurgery.data import pack
+
+    x = images(256)
+    flat = lambda t: ops.reshape(t, (-1,))
+    variants = {
+        "forward pass only": lambda t: ops.shape(t)[0],
+        "+ min": lambda t: ops.min(flat(t)),
+        "+ min, max": lambda t: (ops.min(flat(t)), ops.max(flat(t))),
+        "+ min, max, sum": lambda t: (ops.min(flat(t)), ops.max(flat(t)), ops.sum(flat(t))),
+        "+ min, max, sum, sum of squares": lambda t: (
+            ops.min(flat(t)), ops.max(flat(t)), ops.sum(flat(t)), ops.sum(ops.square(flat(t)))),
+    }
+
+    def plan(fn):
+        def make_post(probe, unique):
+            return (lambda outputs: {k: fn(outputs[k]) for k in unique}), ()
+        return runner.plan_for(model, None, default="all", tag=("passes", id(fn)), make_post=make_post)
+
+    plans = {name: plan(fn) for name, fn in variants.items()}
+
+    def run(p):
+        p.step.start()
+        for i in range(0, len(x), BATCH):
+            out = p.step(pack(p.probe, [x[i : i + BATCH]]))
+            [np.asarray(v) for v in keras.tree.flatten(out)]
+
+    for p in plans.values():
+        run(p)
+    predict(model, x[:BATCH])
+    fns = {"predict": lambda: predict(model, x)}
+    fns.update({name: (lambda p=p: run(p)) for name, p in plans.items()})
+    t = median_times(fns, repeats=repeats)
+    print(f"MobileNetV2 96x96, {len(x)} samples, every point: model.predict {t['predict']:.2f}s")
+    for name in plans:
+        print(f"  probe with {name:36s} {t[name]:6.2f}s  ratio {t[name] / t['predict']:5.2f}")
+
+
 # ---------------------------------------------------------------------------
 # memory
 
@@ -196,7 +240,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no per-layer models")
     parser.add_argument("--skip-per-layer", action="store_true", help="skip one-model-per-layer (minutes)")
-    parser.add_argument("--only", choices=["collect", "calibrate", "memory"], default=None)
+    parser.add_argument("--only", choices=["collect", "calibrate", "passes", "memory"], default=None)
     parser.add_argument("--memory-worker", nargs=2, metavar=("KIND", "SAMPLES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_worker:
@@ -208,6 +252,8 @@ def main() -> None:
         bench_collect(model, repeats, per_layer=not (args.quick or args.skip_per_layer))
     if args.only in (None, "calibrate"):
         bench_calibrate(model, repeats)
+    if args.only in (None, "passes"):
+        bench_passes(model, repeats)
     if args.only in (None, "memory"):
         bench_memory(128)
 
