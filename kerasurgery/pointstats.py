@@ -41,11 +41,7 @@ class _Moments:
     exponent: np.ndarray
     start: np.ndarray
     counts: np.ndarray
-    count: int = -1
-
-    def __post_init__(self) -> None:
-        if self.count < 0:
-            self.count = self.n
+    count: int
 
     @classmethod
     def from_batch(cls, parts: tuple) -> _Moments:

@@ -73,6 +73,7 @@ class _Layout:
             next (coprime to `blocks`, near the golden section of it: over
             consecutive samples the gathered positions cover every block).
         fold: rows per middle-axis step of the per-channel reductions.
+        shape: the per-sample shape (None where not static).
     """
 
     axis: int | None
@@ -84,6 +85,7 @@ class _Layout:
     spacing: int = 1
     step: int = 0
     fold: int = 1
+    shape: tuple = ()
 
     @property
     def sampled(self) -> bool:
@@ -129,21 +131,21 @@ def _channel_axis(tensor: Any, per_channel: bool, axis: int) -> int | None:
 def _layout(tensor: Any, per_channel: bool, channel_axis: int, sample: int | None) -> _Layout:
     axis = _channel_axis(tensor, per_channel, channel_axis)
     channels = 1 if axis is None else int(tensor.shape[axis])
-    dims = tensor.shape[1:]
+    dims = tuple(tensor.shape[1:])
     if any(d is None for d in dims) or channels == 0:
-        return _Layout(axis, channels, None)
+        return _Layout(axis, channels, None, shape=dims)
     rows = math.prod(dims) // channels
     fold = _largest_divisor(rows, _FOLD) if axis is not None and rows else 1
     wanted = None if sample is None else max(1, sample // channels)  # rows per input sample
     if wanted is None or rows <= wanted:
-        return _Layout(axis, channels, rows, fold=fold)
+        return _Layout(axis, channels, rows, fold=fold, shape=dims)
     block = _largest_divisor(rows, max(1, min(wanted, _BLOCK_VALUES // channels)))
     blocks = rows // block
     take = -(-wanted // block)
     if take >= blocks:
-        return _Layout(axis, channels, rows, fold=fold)
+        return _Layout(axis, channels, rows, fold=fold, shape=dims)
     step = _coprime_near(blocks, _GOLDEN * blocks)
-    return _Layout(axis, channels, rows, block, blocks, take, blocks // take, step, fold)
+    return _Layout(axis, channels, rows, block, blocks, take, blocks // take, step, fold, dims)
 
 
 def _monotone(op: Any, dtype: str) -> Any | None:
@@ -197,22 +199,21 @@ def _derived_extremes(probe: keras.Model, lays: dict[str, _Layout]) -> dict[str,
 # in the graph
 
 
-def _column_sum(v: Any, fold: int) -> Any:
-    """Sum over the rows of a ``(rows, channels)`` tensor, `fold` rows at a time first."""
+def _columns(reduce: Any, v: Any, fold: int) -> Any:
+    """`reduce` (``ops.sum``, ``ops.min``, ...) over the rows of a ``(rows, channels)``
+    tensor, `fold` rows at a time first (a middle-axis reduction: faster than
+    reducing axis 0 alone when there are many channels)."""
     if fold > 1:
-        v = ops.sum(ops.reshape(v, (-1, fold, v.shape[-1])), axis=1)
-    return ops.sum(v, axis=0)
+        v = reduce(ops.reshape(v, (-1, fold, v.shape[-1])), axis=1)
+    return reduce(v, axis=0)
 
 
 def _extremes(x: Any, lay: _Layout) -> tuple[Any, Any]:
     """Exact min and max of every value of `x` (channels last), per channel or whole."""
     if lay.axis is None:
         return ops.reshape(ops.min(x), (1,)), ops.reshape(ops.max(x), (1,))
-    if lay.fold > 1:
-        x = ops.reshape(x, (-1, lay.fold, lay.channels))
-        return ops.min(ops.min(x, axis=1), axis=0), ops.max(ops.max(x, axis=1), axis=0)
-    x = ops.reshape(x, (-1, lay.channels))
-    return ops.min(x, axis=0), ops.max(x, axis=0)
+    rows = ops.reshape(x, (-1, lay.channels))
+    return _columns(ops.min, rows, lay.fold), _columns(ops.max, rows, lay.fold)
 
 
 def _gather(x: Any, lay: _Layout, offsets: Any) -> Any:
@@ -234,7 +235,8 @@ def _reduce(t: Any, lay: _Layout, offsets: Any, extremes: tuple | None = None) -
 
     Returns ``(values, (count, n, min, max, mean, var, zeros), shape)``:
     `values` the rows ``(n, channels)`` the distribution statistics describe
-    (all, or the sample), `count` the rows seen by min and max (all of them).
+    (all, or the sample), `count` the rows seen by min and max (all of them),
+    `shape` ``(batch shape,)`` if the per-sample shape is not static, else ``()``.
     `extremes`, if given, is the point's exact ``(min, max)`` (see
     `_derived_extremes`).
     """
@@ -248,18 +250,19 @@ def _reduce(t: Any, lay: _Layout, offsets: Any, extremes: tuple | None = None) -
     else:
         values, fold = everything, lay.fold
     n = ops.shape(values)[0]
-    mean = _column_sum(values, fold) / ops.cast(n, "float32")
-    var = _column_sum(ops.square(values - mean), fold) / ops.cast(n, "float32")
-    zeros = _column_sum(ops.cast(ops.equal(values, 0.0), "int32"), fold)
+    mean = _columns(ops.sum, values, fold) / ops.cast(n, "float32")
+    var = _columns(ops.sum, ops.square(values - mean), fold) / ops.cast(n, "float32")
+    zeros = _columns(ops.sum, ops.cast(ops.equal(values, 0.0), "int32"), fold)
     count = ops.cast(ops.shape(everything)[0], "int32")
-    shape = ops.stack([ops.cast(d, "int32") for d in ops.shape(t)])
+    # the shape of this batch, only where the per-sample shape is not static
+    shape = () if lay.rows is not None else (ops.stack([ops.cast(d, "int32") for d in ops.shape(t)]),)
     return values, (count, ops.cast(n, "int32"), lo, hi, mean, var, zeros), shape
 
 
 def _reduce_all(outputs: dict, lays: dict[str, _Layout], derived: dict, bins: int, running: Any,
                 first: Any) -> dict:
     """In-graph statistics of every point: ``{key: (count, n, min, max, mean, var, zeros, e, start, counts,
-    shape)}``.
+    [shape])}`` (the batch's shape only where the per-sample shape is not static).
 
     The histogram windows of all points are computed together, on their
     concatenated ranges (one set of small ops instead of one per point).
@@ -268,6 +271,7 @@ def _reduce_all(outputs: dict, lays: dict[str, _Layout], derived: dict, bins: in
     each input sample (see `_gather`).
     """
     reduced: dict = {}
+    position = {k: j for j, k in enumerate(lays)}
 
     def reduce(k: str) -> tuple:
         if k not in reduced:
@@ -276,7 +280,7 @@ def _reduce_all(outputs: dict, lays: dict[str, _Layout], derived: dict, bins: in
                 source, fn = derived[k]
                 lo, hi = reduce(source)[1][2:4]
                 extremes = (fn(lo), fn(hi))
-            reduced[k] = _reduce(outputs[k], lays[k], first[:, list(lays).index(k)], extremes)
+            reduced[k] = _reduce(outputs[k], lays[k], first[:, position[k]], extremes)
         return reduced[k]
 
     for k in lays:
@@ -291,7 +295,7 @@ def _reduce_all(outputs: dict, lays: dict[str, _Layout], derived: dict, bins: in
         part = slice(at, at + lay.channels)
         at += lay.channels
         counts = grid.count(values, inv[part], start[part], bins)
-        result[k] = (*stats, e[part], start[part], counts, shape)
+        result[k] = (*stats, e[part], start[part], counts, *shape)
     return result
 
 
@@ -309,7 +313,10 @@ class _Accumulator:
         self.bins = bins
         self.layouts = layouts
         self.state: dict[str, _Moments] = {}
-        self.shapes: dict[str, tuple] = {}  # per-sample shapes seen (None where they varied)
+        self.shapes = {k: lay.shape for k, lay in layouts.items()}  # per-sample shapes (None where they vary)
+        self.seen: set[str] = set()  # points whose batch shapes were read (non-static ones)
+        self.steps = np.array([lay.step for lay in layouts.values()], np.int64)
+        self.blocks = np.array([lay.blocks for lay in layouts.values()], np.int64)
 
     def prepare(self, outputs: dict, rows: int) -> None:
         pass
@@ -327,16 +334,16 @@ class _Accumulator:
             else:
                 parts.append(np.stack([m.low, m.high, m.exponent]).astype(np.float32))
         index = np.arange(start, start + rows, dtype=np.int64)[:, None]
-        steps = np.array([lay.step for lay in self.layouts.values()], np.int64)
-        blocks = np.array([lay.blocks for lay in self.layouts.values()], np.int64)
-        offsets = (index % blocks) * steps % blocks
+        offsets = (index % self.blocks) * self.steps % self.blocks
         return np.concatenate(parts, axis=1), offsets.astype(np.int32)
 
     def write(self, start: int, rows: int, outputs: dict) -> None:
         for key, parts in outputs.items():
-            shape = tuple(int(d) for d in _backend.as_numpy(parts[10])[1:])
-            seen = self.shapes.setdefault(key, shape)
-            self.shapes[key] = tuple(a if a == b else None for a, b in zip(seen, shape))
+            if len(parts) > 10:  # a shape that is not static: keep the dims every batch agrees on
+                shape = tuple(int(d) for d in _backend.as_numpy(parts[10])[1:])
+                seen = self.shapes[key] if key in self.seen else shape
+                self.shapes[key] = tuple(a if a == b else None for a, b in zip(seen, shape))
+                self.seen.add(key)
             batch = _Moments.from_batch(parts)
             self.state[key] = batch if key not in self.state else self.state[key].merge(batch, self.bins)
 

@@ -506,33 +506,17 @@ def _linear_clone(op):
 def reference_points(graph, data, addresses: list[str]) -> dict[str, np.ndarray]:
     """The value of every address, computed eagerly from the graph's operations.
 
-    Plain outputs: each operation called eagerly on its parents' values (like
-    ``zoo.eager_values``, in any backend). ``:pre`` of a fused layer: a linear
+    Plain outputs: each operation called eagerly on its parents' values
+    (``zoo.interpret``, in any backend). ``:pre`` of a fused layer: a linear
     clone of the layer, with its weights, on the layer's input; of an
     activation layer: its input. ``:scores``: the attention layer called with
     ``return_attention_scores=True``.
     """
-    from kerasurgery.address import Resolver
-    from kerasurgery.graph import fill, flatten_structure, topological_order
+    from zoo import interpret
 
-    structure = graph.graph["inputs"]
-    if isinstance(structure, dict):
-        pairs = [(node, data[key]) for key, node in structure.items()]
-    else:
-        pairs = list(zip(flatten_structure(structure), flatten_structure(data)))
-    values = {node: [keras.ops.convert_to_tensor(value)] for node, value in pairs}
-    calls = {}
-    for key in topological_order(graph):
-        node = graph.nodes[key]
-        if node["kind"] == "input":
-            continue
-        slots = {}
-        for parent, _, edge in graph.in_edges(key, data=True):
-            for index, slot in edge["feeds"]:
-                slots[slot] = values[parent][index]
-        args, kwargs = fill(node["args"], slots), fill(node["kwargs"], slots)
-        calls[key] = (args, kwargs)
-        values[key] = keras.tree.flatten(node["op"](*args, **kwargs))
+    from kerasurgery.address import Resolver
+
+    values, calls = interpret(graph, data)
 
     resolver = Resolver(graph)
     clones: dict[int, Any] = {}

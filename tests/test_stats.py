@@ -178,6 +178,15 @@ class TestAgainstNumpy:
         np.testing.assert_array_equal(stats["act"].min, np.maximum(d.min, 0))
         np.testing.assert_array_equal(stats["relu6ish"].max, np.clip(d.max, 0, np.float32(0.3)))
 
+    def test_variable_length_points(self):
+        x = keras.Input((None, 3), name="x")
+        model = keras.Model(x, layers.Dense(4, name="d")(x))
+        batches = [np.full((4, 5, 3), 1.0, "float32"), np.full((2, 7, 3), -1.0, "float32")]
+        s = ks.calibrate(model, iter(batches), "d", progress=False)["d"]
+        assert s.shape == (None, 4) and s.samples == 6 and s.count == (4 * 5 + 2 * 7) * 4
+        one = ks.calibrate(model, batches[0], "d", progress=False)["d"]
+        assert one.shape == (5, 4)
+
     def test_constant_and_dead_points(self):
         x = keras.Input((3,), name="x")
         h = layers.Dense(4, activation="relu", kernel_initializer="zeros", bias_initializer="zeros", name="dead")(x)

@@ -288,22 +288,27 @@ def assert_roundtrip(model, data, tmp_path, name="model"):
     return loaded
 
 
-def eager_values(model, data):
-    """Reference values of every node, by calling each operation eagerly.
+def interpret(graph, data):
+    """Call every operation of `graph` eagerly on its parents' values.
 
-    An interpreter over `to_graph(model)` that never builds a Keras model:
-    an independent path to compare `expose`/`collect` results with.
-    Returns ``{node key: [np.ndarray per output]}``.
+    An interpreter over a `to_graph` graph that never builds a Keras model: an
+    independent path to compare `expose`/`collect` results with. `data` is
+    the model's input structure (a dict is read by the model's input keys,
+    or by input node keys when the model takes a list). Returns
+    ``(values, calls)``: ``{node key: [tensor per output]}`` and
+    ``{node key: (args, kwargs)}`` of each call.
     """
-    import kerasurgery as ks
     from kerasurgery.graph import fill, flatten_structure, topological_order
 
-    graph = ks.to_graph(model)
-    flat_inputs = keras.tree.flatten(data)
-    keys = flatten_structure(graph.graph["inputs"])
-    if isinstance(data, dict):
-        flat_inputs = [data[k] for k in keys]
-    values = {k: [keras.ops.convert_to_tensor(v)] for k, v in zip(keys, flat_inputs)}
+    structure = graph.graph["inputs"]
+    if isinstance(structure, dict):
+        pairs = [(node, data[key]) for key, node in structure.items()]
+    elif isinstance(data, dict):
+        pairs = [(node, data[node]) for node in flatten_structure(structure)]
+    else:
+        pairs = list(zip(flatten_structure(structure), keras.tree.flatten(data)))
+    values = {node: [keras.ops.convert_to_tensor(value)] for node, value in pairs}
+    calls = {}
     for key in topological_order(graph):
         node = graph.nodes[key]
         if node["kind"] == "input":
@@ -312,6 +317,18 @@ def eager_values(model, data):
         for parent, _, edge in graph.in_edges(key, data=True):
             for index, slot in edge["feeds"]:
                 slots[slot] = values[parent][index]
-        out = node["op"](*fill(node["args"], slots), **fill(node["kwargs"], slots))
-        values[key] = keras.tree.flatten(out)
+        args, kwargs = fill(node["args"], slots), fill(node["kwargs"], slots)
+        calls[key] = (args, kwargs)
+        values[key] = keras.tree.flatten(node["op"](*args, **kwargs))
+    return values, calls
+
+
+def eager_values(model, data):
+    """Reference values of every node of `model` (see `interpret`).
+
+    Returns ``{node key: [np.ndarray per output]}``.
+    """
+    import kerasurgery as ks
+
+    values, _ = interpret(ks.to_graph(model), data)
     return {k: [to_numpy(v) for v in vs] for k, vs in values.items()}
