@@ -39,7 +39,7 @@ import numpy as np
 from _timing import median_times
 
 import kerasurgery as ks
-from kerasurgery import runner
+from kerasurgery.runtime import plan as runner
 
 SHAPE = (96, 96, 3)
 BATCH = 32
@@ -139,7 +139,7 @@ def bench_passes(model, repeats: int) -> None:
     in-graph reductions (no sampling, nothing derived), each / model.predict."""
     from keras import ops
 
-    from kerasurgery.data import pack
+    from kerasurgery.runtime.inputs import pack
 
     x = images(256)
     flat = lambda t: ops.reshape(t, (-1,))

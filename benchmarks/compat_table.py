@@ -107,7 +107,8 @@ def node_values(graph: Any, data: Any) -> dict[str, list]:
     import keras
     import numpy as np
 
-    from kerasurgery.graph import call_node, input_keys, topological_order
+    from kerasurgery.ir.schema import input_keys, topological_order
+from kerasurgery.ir.to_keras import call_node
 
     values = {k: [keras.ops.convert_to_tensor(data)] for k in input_keys(graph)}
     for key in topological_order(graph):
@@ -124,9 +125,9 @@ def pre_reference(graph: Any, point: Any, values: dict[str, list]) -> Any:
     """
     import numpy as np
 
-    from kerasurgery import kinds
-    from kerasurgery.edit import input_feed
-    from kerasurgery.graph import fill
+    from kerasurgery.layers import kinds
+    from kerasurgery.ir.edits import input_feed
+    from kerasurgery.ir.schema import fill
 
     data = graph.nodes[point.node]
     op = data["op"]
@@ -189,8 +190,8 @@ def run_checks(name: str, size: int | None = None) -> dict:
     import numpy as np
 
     import kerasurgery as ks
-    from kerasurgery import kinds
-    from kerasurgery.address import Resolver
+    from kerasurgery.layers import kinds
+    from kerasurgery.ir.resolve import Resolver
 
     t0 = time.perf_counter()
     model, size = build(name, size)

@@ -17,7 +17,7 @@ import keras
 import matplotlib.pyplot as plt
 
 import kerasurgery as ks
-from kerasurgery.demo import CLASSES, make_shapes
+from kerasurgery.cli.demo import CLASSES, make_shapes
 
 
 def main(out: str) -> None:

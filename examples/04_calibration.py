@@ -21,7 +21,7 @@ import keras
 import matplotlib.pyplot as plt
 
 import kerasurgery as ks
-from kerasurgery.demo import build_model, make_shapes
+from kerasurgery.cli.demo import build_model, make_shapes
 
 
 def main(out: str) -> None:

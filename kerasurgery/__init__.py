@@ -5,6 +5,12 @@ passes, and rebuilt as a new Keras model (`to_model`). Addresses
 (``dense_1:pre``, ``encoder/conv@1``, ``mha:scores``) name every point;
 `points` lists them.
 
+Everything public is importable from here; where each piece lives is listed
+in docs/layout.md. Names are loaded on first use, so ``import kerasurgery``
+(and ``kerasurgery --help``) does not import Keras or a backend; the
+project's own layers are registered with Keras as soon as Keras is imported,
+so `keras.saving.load_model` finds them in files that hold them.
+
 Example:
     >>> import keras, kerasurgery as ks
     >>> x = keras.Input((4,), name="x")
@@ -16,39 +22,52 @@ Example:
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
-from kerasurgery import layers  # registers the serializable layers
-from kerasurgery.address import points
-from kerasurgery.callbacks import ActivationRecorder
-from kerasurgery.collect import collect
-from kerasurgery.compare import compare
-from kerasurgery.errors import (
-    AddressError,
-    DataError,
-    GraphError,
-    KerasurgeryError,
-    ModelError,
-    TransformError,
-)
-from kerasurgery.graph import Ref, Slot, check_graph, to_graph, to_model
-from kerasurgery.stats import calibrate
-from kerasurgery.transforms import expose, insert_taps, probe_pair, split_activations
+from kerasurgery import _registration
+from kerasurgery._version import __version__
 
-__version__ = "0.1.0"
-
-# `plot` is imported on first use: it pulls in matplotlib, an optional extra.
-# (Functions whose module has the same name, like `collect` and `compare`, are
-# imported eagerly above: importing the submodule later would otherwise rebind
-# the package attribute to the module.)
-_LAZY = {
+#: public name -> (module, attribute); attribute None means the module itself.
+_PUBLIC: dict[str, tuple[str, str | None]] = {
+    # the IR
+    "to_graph": ("kerasurgery.ir.from_keras", "to_graph"),
+    "to_model": ("kerasurgery.ir.to_keras", "to_model"),
+    "check_graph": ("kerasurgery.ir.check", "check_graph"),
+    "points": ("kerasurgery.ir.resolve", "points"),
+    "Ref": ("kerasurgery.ir.schema", "Ref"),
+    "Slot": ("kerasurgery.ir.schema", "Slot"),
+    # transforms
+    "expose": ("kerasurgery.passes.expose", "expose"),
+    "split_activations": ("kerasurgery.passes.split", "split_activations"),
+    "insert_taps": ("kerasurgery.passes.taps", "insert_taps"),
+    "probe_pair": ("kerasurgery.passes.probe_pair", "probe_pair"),
+    # running over data
+    "collect": ("kerasurgery.runtime.collect", "collect"),
+    "load_activations": ("kerasurgery.runtime.activations", "load_activations"),
+    "Activations": ("kerasurgery.runtime.activations", "Activations"),
+    "calibrate": ("kerasurgery.stats.calibrate", "calibrate"),
+    "Calibration": ("kerasurgery.stats.results", "Calibration"),
+    "PointStats": ("kerasurgery.stats.results", "PointStats"),
+    "merge": ("kerasurgery.stats.results", "merge"),
+    "ActivationRecorder": ("kerasurgery.recorder", "ActivationRecorder"),
+    "compare": ("kerasurgery.equivalence", "compare"),
+    # errors
+    "KerasurgeryError": ("kerasurgery.errors", "KerasurgeryError"),
+    "AddressError": ("kerasurgery.errors", "AddressError"),
+    "DataError": ("kerasurgery.errors", "DataError"),
+    "GraphError": ("kerasurgery.errors", "GraphError"),
+    "ModelError": ("kerasurgery.errors", "ModelError"),
+    "TransformError": ("kerasurgery.errors", "TransformError"),
+    # subpackages users reach through the package
+    "layers": ("kerasurgery.layers", None),
     "plot": ("kerasurgery.plot", None),
 }
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        module_name, attr = _LAZY[name]
+    if name in _PUBLIC:
+        module_name, attr = _PUBLIC[name]
         module = importlib.import_module(module_name)
         value = module if attr is None else getattr(module, attr)
         globals()[name] = value
@@ -57,30 +76,28 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_PUBLIC))
 
 
-__all__ = [
-    "ActivationRecorder",
-    "AddressError",
-    "DataError",
-    "GraphError",
-    "KerasurgeryError",
-    "ModelError",
-    "Ref",
-    "Slot",
-    "TransformError",
-    "calibrate",
-    "check_graph",
-    "collect",
-    "compare",
-    "expose",
-    "insert_taps",
-    "layers",
-    "plot",
-    "points",
-    "probe_pair",
-    "split_activations",
-    "to_graph",
-    "to_model",
-]
+__all__ = sorted(_PUBLIC) + ["__version__"]
+
+_registration.register_layers_with_keras()
+
+if TYPE_CHECKING or "sphinx" in sys.modules:  # static names for type checkers and docs
+    from kerasurgery.equivalence import compare
+    from kerasurgery.errors import (AddressError, DataError, GraphError, KerasurgeryError, ModelError,
+                                    TransformError)
+    from kerasurgery.ir.check import check_graph
+    from kerasurgery.ir.from_keras import to_graph
+    from kerasurgery.ir.resolve import points
+    from kerasurgery.ir.schema import Ref, Slot
+    from kerasurgery.ir.to_keras import to_model
+    from kerasurgery.passes.expose import expose
+    from kerasurgery.passes.probe_pair import probe_pair
+    from kerasurgery.passes.split import split_activations
+    from kerasurgery.passes.taps import insert_taps
+    from kerasurgery.recorder import ActivationRecorder
+    from kerasurgery.runtime.activations import Activations, load_activations
+    from kerasurgery.runtime.collect import collect
+    from kerasurgery.stats.calibrate import calibrate
+    from kerasurgery.stats.results import Calibration, PointStats, merge

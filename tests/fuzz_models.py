@@ -45,7 +45,7 @@ import keras
 import numpy as np
 from hypothesis import strategies as st
 
-from kerasurgery import kinds
+from kerasurgery.layers import kinds
 
 SPATIAL = 4
 MAX_DEPTH = 3  # top level is depth 0: sub-models nest up to depth 2 inside it
@@ -514,7 +514,7 @@ def reference_points(graph, data, addresses: list[str]) -> dict[str, np.ndarray]
     """
     from zoo import interpret
 
-    from kerasurgery.address import Resolver
+    from kerasurgery.ir.resolve import Resolver
 
     values, calls = interpret(graph, data)
 

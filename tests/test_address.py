@@ -6,7 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import kerasurgery as ks
-from kerasurgery.address import Address, Resolver, format_address, parse, point_address
+from kerasurgery.address.grammar import Address, format_address, parse, point_address
+from kerasurgery.ir.resolve import Resolver
 from zoo import attention, cnn_bn, mlp, nested_functional, recurrent, shared
 
 pytestmark = pytest.mark.backend
@@ -133,7 +134,7 @@ class TestResolve:
         assert list(r.select(lambda p: p.startswith("pred"))) == ["predictions:pre", "predictions"]
 
     @pytest.mark.parametrize("bad, match", [([], "at least one"), ("nothing*", "matches none"),
-                                            (lambda p: False, "accepted none"), (42, "Expected points")])
+                                            (lambda p: False, "accepted none"), (42, "Expected `points`")])
     def test_bad_selections(self, bad, match):
         with pytest.raises(ks.AddressError, match=match):
             Resolver(ks.to_graph(mlp())).select(bad)

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import kerasurgery as ks
-from kerasurgery import kinds
-from kerasurgery.address import Resolver
-from kerasurgery.edit import input_feed
-from kerasurgery.graph import fill
+from kerasurgery.layers import kinds
+from kerasurgery.ir.resolve import Resolver
+from kerasurgery.ir.edits import input_feed
+from kerasurgery.ir.schema import fill
 from zoo import assert_roundtrip, assert_unchanged, eager_values, snapshot
 
 A = keras.applications

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import kerasurgery as ks
-from kerasurgery.cli import main
-from kerasurgery.graph import Ref
+from kerasurgery.cli.main import main
+from kerasurgery.ir.schema import Ref
 from zoo import assert_unchanged, attention, branches, mlp, recurrent, shared, snapshot
 
 
@@ -70,7 +70,7 @@ API = [
      r"lstm\[0\]"),
     ("points-not-strings", lambda m, p: ks.expose(m, 42), ks.AddressError, "Received: 42"),
     ("malformed-address", lambda m, p: ks.expose(m, ["dense_1//x"]), ks.AddressError, "empty part"),
-    ("split-unknown-layer", lambda m, p: ks.split_activations(m, ["dense_9"]), ks.AddressError, "matches none"),
+    ("split-unknown-layer", lambda m, p: ks.split_activations(m, ["dense_9"]), ks.AddressError, "names no layer"),
     ("split-nothing-to-split", lambda m, p: ks.split_activations(branches(), ["concat"]), ks.TransformError,
      "nothing to split"),
     ("split-empty", lambda m, p: ks.split_activations(m, []), ks.AddressError, "at least one"),

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import kerasurgery as ks
-from kerasurgery import runner
-from kerasurgery.collect import load_activations
+from kerasurgery.runtime import plan as runner
+from kerasurgery import load_activations
 from zoo import ZOO, assert_unchanged, sample_inputs, snapshot, to_numpy
 
 POINTS = ["conv:pre", "bn", "predictions:pre"]
@@ -119,7 +119,7 @@ class TestInMemory:
 
 
 class TestHDF5:
-    def test_file_appears_at_the_end_and_equals_memory(self, tmp_path):
+    def test_file_is_complete_after_each_record_and_equals_memory(self, tmp_path):
         model = compiled_cnn()
         x, y = train_data()
         path = tmp_path / "records.h5"
@@ -130,10 +130,12 @@ class TestHDF5:
             seen = []
 
             def on_epoch_end(self, epoch, logs=None):
-                self.seen.append(os.path.exists(path))
+                with load_activations(path) as records:
+                    self.seen.append((list(records.attrs["epochs"]), records[POINTS[0]].shape[0]))
+                assert os.listdir(tmp_path) == ["records.h5"]  # no temporary file left between records
 
         model.fit(x, y, epochs=2, verbose=0, callbacks=[on_disk, in_memory, Watch()])
-        assert Watch.seen == [False, False]
+        assert Watch.seen == [([0], 1), ([0, 1], 2)]
         assert on_disk.history == {}
         assert os.listdir(tmp_path) == ["records.h5"]
         with load_activations(path) as records:

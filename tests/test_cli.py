@@ -24,7 +24,7 @@ import pytest  # noqa: E402
 import zoo  # noqa: E402
 
 import kerasurgery as ks  # noqa: E402
-from kerasurgery.cli import main  # noqa: E402
+from kerasurgery.cli.main import main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -168,27 +168,12 @@ class TestExpose:
         assert code == 0 and "with 6 output(s)" in out
 
 
-needs_collect = pytest.mark.skipif(
-    not os.path.exists(os.path.join(os.path.dirname(ks.__file__), "collect.py")),
-    reason="kerasurgery.collect not built yet",
-)
-needs_stats = pytest.mark.skipif(
-    not os.path.exists(os.path.join(os.path.dirname(ks.__file__), "stats.py")),
-    reason="kerasurgery.stats not built yet",
-)
-needs_callbacks = pytest.mark.skipif(
-    not os.path.exists(os.path.join(os.path.dirname(ks.__file__), "callbacks.py")),
-    reason="kerasurgery.callbacks not built yet",
-)
-
-
 def load_activations(path):
-    from kerasurgery.collect import load_activations
+    from kerasurgery import load_activations
 
     return load_activations(path)
 
 
-@needs_collect
 class TestCollect:
     def test_collect_to_hdf5(self, capsys, files, tmp_path):
         path = tmp_path / "acts.h5"
@@ -226,7 +211,6 @@ class TestCollect:
         assert "over 4 sample(s)" in out
 
 
-@needs_stats
 class TestCalibrate:
     def test_calibrate_to_json_and_histograms(self, capsys, files, tmp_path):
         path, png = tmp_path / "ranges.json", tmp_path / "hist.png"
@@ -235,7 +219,7 @@ class TestCalibrate:
         assert code == 0, err
         ranges = json.loads(path.read_text())["points"]
         assert list(ranges) == ks.points(zoo.cnn_bn(), "*:pre")
-        from kerasurgery.stats import Calibration
+        from kerasurgery import Calibration
 
         assert list(Calibration.from_json(path)) == list(ranges)
         model = keras.saving.load_model(files["cnn_bn"])
@@ -258,9 +242,6 @@ class TestCalibrate:
         assert counts["all"][2:] == counts["4"][2:]  # min and max always see every value
 
 
-@needs_collect
-@needs_stats
-@needs_callbacks
 class TestDemo:
     def test_demo_writes_real_pictures(self, capsys, tmp_path):
         code, out, err = run(capsys, "demo", "--out", tmp_path / "demo")
@@ -345,7 +326,6 @@ def test_bad_input(capsys, files, case):
     assert_one_line_error(code, err, match)
 
 
-@needs_collect
 @pytest.mark.parametrize("case", list(BAD_COLLECT))
 def test_bad_input_collect(capsys, files, case):
     template, match = BAD_COLLECT[case]
@@ -353,7 +333,6 @@ def test_bad_input_collect(capsys, files, case):
     assert_one_line_error(code, err, match)
 
 
-@needs_stats
 @pytest.mark.parametrize("case", list(BAD_CALIBRATE))
 def test_bad_input_calibrate(capsys, files, case):
     template, match = BAD_CALIBRATE[case]

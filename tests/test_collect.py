@@ -12,9 +12,10 @@ import pytest
 from keras import layers, ops
 
 import kerasurgery as ks
-from kerasurgery import runner, storage
-from kerasurgery.collect import load_activations
-from kerasurgery.data import adapt
+from kerasurgery.runtime import plan as runner
+from kerasurgery.runtime import sinks as storage
+from kerasurgery import load_activations
+from kerasurgery.runtime.inputs import adapt
 from zoo import ZOO, assert_unchanged, sample_inputs, snapshot, to_numpy
 
 N = 10  # samples: not a multiple of the batch size below

@@ -24,13 +24,8 @@ import kerasurgery as ks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
-PACKAGE = Path(ks.__file__).parent
 
 #: Example -> modules of kerasurgery it needs beyond the core (built separately).
-NEEDS = {
-    "04_calibration.py": ("stats",),
-    "05_probe_training.py": ("callbacks",),
-}
 
 #: Files each example must write into --out.
 WRITES = {
@@ -47,12 +42,6 @@ def test_every_example_is_listed():
     assert sorted(p.name for p in EXAMPLES) == sorted(WRITES)
 
 
-def _skip_if_unbuilt(script):
-    missing = [m for m in NEEDS.get(script.name, ()) if not (PACKAGE / f"{m}.py").exists()]
-    if missing:
-        pytest.skip(f"kerasurgery.{missing[0]} is not built yet")
-
-
 def _check_outputs(script, out, before):
     for name in WRITES[script.name]:
         assert (out / name).stat().st_size > 0, name
@@ -62,7 +51,6 @@ def _check_outputs(script, out, before):
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_runs(script, tmp_path, monkeypatch, capsys):
     """In-process (one TensorFlow import for all), as ``python script --out DIR``."""
-    _skip_if_unbuilt(script)
     before = sorted(p.name for p in (ROOT / "examples").iterdir())
     monkeypatch.setattr(sys, "argv", [str(script), "--out", str(tmp_path)])
     monkeypatch.chdir(tmp_path)

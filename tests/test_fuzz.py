@@ -53,11 +53,13 @@ from hypothesis import HealthCheck, given, note, seed, settings
 from zoo import assert_unchanged, sample_inputs, snapshot
 
 import kerasurgery as ks
-from kerasurgery import kinds
-from kerasurgery.address import Resolver
-from kerasurgery.graph import output_refs
+from kerasurgery.layers import kinds
+from kerasurgery.ir.resolve import Resolver
+from kerasurgery.ir.schema import output_refs
 from kerasurgery.layers import Tap
-from kerasurgery.transforms import expose_pass, insert_taps_pass, split_activations_pass
+from kerasurgery.passes.expose import expose_pass
+from kerasurgery.passes.split import split_activations_pass
+from kerasurgery.passes.taps import insert_taps_pass
 
 QUICK_EXAMPLES = int(os.environ.get("KERASURGERY_FUZZ_QUICK_EXAMPLES", "20"))
 SEED = int(os.environ.get("KERASURGERY_FUZZ_SEED", "0"))

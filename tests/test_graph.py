@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import kerasurgery as ks
-from kerasurgery.graph import Ref, Slot
+from kerasurgery.ir.schema import Ref, Slot
 from zoo import (
     ZOO,
     assert_roundtrip,

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import kerasurgery as ks
-from kerasurgery import kinds
-from kerasurgery.address import Resolver
-from kerasurgery.edit import input_feed
+from kerasurgery.layers import kinds
+from kerasurgery.ir.resolve import Resolver
+from kerasurgery.ir.edits import input_feed
 from zoo import assert_roundtrip, assert_unchanged, eager_values, snapshot, to_numpy
 
 keras_hub = pytest.importorskip("keras_hub")

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from keras import layers
 
 import kerasurgery as ks
-from kerasurgery import histogram, runner
-from kerasurgery import stats as stats_module
-from kerasurgery.stats import Calibration, PointStats, merge
+from kerasurgery.runtime import plan as runner
+from kerasurgery.stats import grid as histogram
+from kerasurgery.stats import reduce as stats_module
+from kerasurgery import Calibration, PointStats, merge
 from zoo import ZOO, assert_unchanged, sample_inputs, snapshot
 
 N = 20
@@ -162,8 +163,8 @@ class TestAgainstNumpy:
         data = np.random.default_rng(3).normal(size=(23, 6, 5)).astype("float32")
         points = ["d", "relu6ish", "leaky", "act", "not_monotone", "tanh"]
         plan = runner.plan_for(model, points, default="all", tag="ranges test")
-        lays = {k: stats_module._layout(plan.probe.output[k], per_channel, -1, 2048) for k in plan.unique}
-        assert sorted(stats_module._derived_extremes(plan.probe, lays)) == ["act", "leaky", "relu6ish"]
+        lays = {k: stats_module.layout(plan.probe.output[k], per_channel, -1, 2048) for k in plan.unique}
+        assert sorted(stats_module.derived_extremes(plan.probe, lays)) == ["act", "leaky", "relu6ish"]
         stats = ks.calibrate(model, data, points, batch_size=5, per_channel=per_channel, progress=False)
         alone = ks.calibrate(model, data, ["leaky"], batch_size=5, per_channel=per_channel, progress=False)
         acts = ks.collect(model, data, points, progress=False)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import kerasurgery as ks
-from kerasurgery import kinds
-from kerasurgery.address import Resolver
+from kerasurgery.layers import kinds
+from kerasurgery.ir.resolve import Resolver
 from kerasurgery.layers import Tap
 from zoo import (
     ZOO,
@@ -241,7 +241,7 @@ class TestSplitActivations:
         assert sum(1 for layer in split.layers if layer.name == "shared_activation") == 1
 
     def test_unknown_layer(self):
-        with pytest.raises(ks.AddressError, match="matches none") as info:
+        with pytest.raises(ks.AddressError, match="names no layer") as info:
             ks.split_activations(mlp(), ["dense_3"])
         assert "dense_1" in info.value.suggestions or "dense_2" in info.value.suggestions
 
@@ -255,7 +255,7 @@ class TestSplitActivations:
         assert_unchanged(model, before)
 
     def test_split_pass_is_pure(self):
-        from kerasurgery.transforms import split_activations_pass
+        from kerasurgery.passes.split import split_activations_pass
 
         graph = ks.to_graph(mlp())
         nodes, edges = list(graph.nodes(data=True)), list(graph.edges(data=True))
@@ -366,8 +366,10 @@ def test_split_layers_by_predicate():
     names = [layer.name for layer in split.layers]
     assert "dense_2_activation" in names and "predictions_activation" not in names
     assert_same_outputs(model, split, sample_inputs(model))
-    with pytest.raises(ks.TransformError, match="accepted none"):
+    with pytest.raises(ks.AddressError, match="accepted none"):
         ks.split_activations(model, lambda key: False)
+    with pytest.raises(ks.TransformError, match="selects none"):
+        ks.split_activations(model, lambda key: key == "x")
     with pytest.raises(ks.AddressError, match="Expected `layers`"):
         ks.split_activations(model, 3)
 

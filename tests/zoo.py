@@ -298,7 +298,7 @@ def interpret(graph, data):
     ``(values, calls)``: ``{node key: [tensor per output]}`` and
     ``{node key: (args, kwargs)}`` of each call.
     """
-    from kerasurgery.graph import fill, flatten_structure, topological_order
+    from kerasurgery.ir.schema import fill, flatten_structure, topological_order
 
     structure = graph.graph["inputs"]
     if isinstance(structure, dict):

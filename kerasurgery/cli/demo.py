@@ -1,0 +1,252 @@
+"""``kerasurgery demo``: every main job on a tiny CNN, in well under a minute.
+
+It draws its own data (squares, circles and crosses on a noisy 32x32 canvas),
+trains a small CNN for a few epochs, then shows: logits through `expose`, a
+split model, a probe pair trained with an `ActivationRecorder`, collected
+activations and calibration ranges. It writes feature maps, histograms, the
+graph drawing and a few input samples as PNG files to an output folder, with
+the trained model (``shapes_cnn.keras``) and some inputs (``shapes.npy``) to
+try the other commands on. Nothing is downloaded.
+
+Example:
+    >>> from kerasurgery.cli import demo
+    >>> written = demo.run("kerasurgery-demo")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+CLASSES = ("square", "circle", "cross")
+SIZE = 32
+
+
+def make_shapes(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`count` noisy 32x32x1 images of squares, circles and crosses, and labels.
+
+    Each image has one outline shape of random size and position; labels are
+    indices into `CLASSES`.
+
+    Example:
+        >>> x, y = make_shapes(6)
+        >>> x.shape, x.dtype, sorted(set(y.tolist())) <= [0, 1, 2]
+        ((6, 32, 32, 1), dtype('float32'), True)
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype("float32")
+    images = np.empty((count, SIZE, SIZE, 1), "float32")
+    labels = rng.integers(0, len(CLASSES), size=count)
+    for i, label in enumerate(labels):
+        r = rng.uniform(5, 10)
+        cy, cx = rng.uniform(r + 2, SIZE - r - 2, size=2)
+        dy, dx = yy - cy, xx - cx
+        if label == 0:
+            d = np.maximum(np.abs(dy), np.abs(dx))
+            shape = np.abs(d - r) < 1.2
+        elif label == 1:
+            shape = np.abs(np.hypot(dy, dx) - r) < 1.2
+        else:
+            inside = np.maximum(np.abs(dy), np.abs(dx)) <= r
+            shape = inside & ((np.abs(dy - dx) < 1.3) | (np.abs(dy + dx) < 1.3))
+        images[i, ..., 0] = shape + rng.normal(0, 0.15, (SIZE, SIZE))
+    return images, labels.astype("int32")
+
+
+def build_model() -> Any:
+    """The demo CNN: three named conv blocks, a dense layer and a softmax head."""
+    import keras
+    from keras import layers
+
+    x = keras.Input((SIZE, SIZE, 1), name="image")
+    h = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_1")(x)
+    h = layers.MaxPooling2D(name="pool_1")(h)
+    h = layers.Conv2D(16, 3, padding="same", activation="relu", name="conv_2")(h)
+    h = layers.MaxPooling2D(name="pool_2")(h)
+    h = layers.Conv2D(16, 3, padding="same", activation="relu", name="conv_3")(h)
+    h = layers.GlobalAveragePooling2D(name="gap")(h)
+    h = layers.Dense(16, activation="relu", name="dense")(h)
+    h = layers.Dropout(0.2, name="dropout")(h)
+    y = layers.Dense(len(CLASSES), activation="softmax", name="predictions")(h)
+    return keras.Model(x, y, name="shapes_cnn")
+
+
+def _numpy(value: Any) -> Any:
+    import keras
+
+    return keras.tree.map_structure(keras.ops.convert_to_numpy, value)
+
+
+def _fmt(values: Any) -> str:
+    return "[" + " ".join(f"{v:6.2f}" for v in np.asarray(values).ravel()) + "]"
+
+
+class _Writer:
+    """Saves figures into the output folder and remembers what it wrote."""
+
+    def __init__(self, out: str):
+        self.out = out
+        self.written: dict[str, str] = {}
+
+    def save(self, name: str, fig: Any) -> str:
+        import matplotlib.pyplot as plt
+
+        path = os.path.join(self.out, f"{name}.png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        self.written[name] = path
+        return path
+
+
+def _samples_figure(x: np.ndarray, y: np.ndarray, probs: np.ndarray) -> Any:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 6, figsize=(9, 1.9), layout="constrained")
+    for i, ax in enumerate(axes):
+        ax.imshow(x[i, ..., 0], cmap="gray")
+        guess = CLASSES[int(probs[i].argmax())]
+        ax.set_title(f"#{i} {CLASSES[y[i]]}\npredicted {guess}", fontsize=8)
+        ax.set_axis_off()
+    fig.suptitle("demo inputs (drawn by the demo itself)")
+    return fig
+
+
+def run(out: str = "kerasurgery-demo", *, epochs: int = 4, seed: int = 0,
+        echo: Callable[[str], None] = print) -> dict[str, str]:
+    """Run the demo, printing each step, and write its pictures to `out`.
+
+    Args:
+        out: the output folder (created if needed).
+        epochs: training epochs of the demo CNN.
+        seed: seed of the drawn data and of Keras.
+        echo: where each line of the tour goes.
+
+    Returns:
+        ``{name: path}`` of every file written (pictures, ``model``, ``data``).
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        from kerasurgery.errors import KerasurgeryError
+
+        raise KerasurgeryError(
+            "Expected matplotlib for the demo's pictures. Received: it is not installed. "
+            'Install it with `pip install "kerasurgery[plot]"` (or `pip install matplotlib`).'
+        ) from None
+    import keras
+
+    import kerasurgery as ks
+    from kerasurgery.equivalence import compare
+    from kerasurgery.runtime.collect import collect
+    from kerasurgery.stats.calibrate import calibrate
+
+    start = time.perf_counter()
+    out = os.path.abspath(out)
+    os.makedirs(out, exist_ok=True)
+    files = _Writer(out)
+    keras.utils.set_random_seed(seed)
+
+    x, y = make_shapes(1200, seed)
+    x_train, y_train, x_test, y_test = x[:1000], y[:1000], x[1000:], y[1000:]
+    model = build_model()
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0)
+    accuracy = model.evaluate(x_test, y_test, verbose=0)[1]
+    echo(f"1. A small CNN '{model.name}' ({model.count_params():,} parameters), trained {epochs} epochs on "
+         f"{len(x_train)} drawn shapes ({', '.join(CLASSES)}): test accuracy {accuracy:.2f}.")
+    names = ks.points(model)
+    echo(f"   ks.points(model) lists {len(names)} addresses: {', '.join(names)}")
+
+    probe = ks.expose(model, ["predictions:pre"], keep_outputs=True)
+    found = _numpy(probe(x_test[:3], training=False))
+    echo("\n2. Logits: probe = ks.expose(model, ['predictions:pre'], keep_outputs=True)")
+    for i in range(3):
+        logits, probs = found["predictions:pre"][i], found["predictions"][i]
+        echo(f"   #{i} ({CLASSES[y_test[i]]:6s}) logits {_fmt(logits)}  softmax {_fmt(probs)}")
+    same = np.allclose(_numpy(keras.ops.softmax(found["predictions:pre"])),
+                       found["predictions"], atol=1e-5)
+    echo(f"   softmax(logits) equals the model's output: {same}")
+
+    split = ks.split_activations(model)
+    diff = compare(model, split, x_test)
+    echo("\n3. Split: split = ks.split_activations(model) keeps each layer's weights and adds "
+         "an Activation layer after it:")
+    echo(f"   {' -> '.join(layer.name for layer in split.layers)}")
+    echo(f"   largest output difference from the original: {diff['predictions']['max_abs']:.2g}")
+
+    _probe_pair_step(ks, model, x_train, y_train, x_test, echo)
+
+    acts = collect(model, x_test[:64], ["conv_1", "conv_2", "conv_3", "dense"], batch_size=32)
+    echo("\n5. Collect: acts = ks.collect(model, x[:64], ['conv_1', 'conv_2', 'conv_3', 'dense'])")
+    for address, value in acts.items():
+        echo(f"   {address:8s} {tuple(value.shape)}  mean {float(np.mean(value)):.3f}")
+
+    stats = calibrate(model, x_test, "*:pre", batch_size=64)
+    echo("\n6. Calibrate: stats = ks.calibrate(model, x, '*:pre') -> ranges for quantization")
+    for address, s in stats.items():
+        d = s.to_dict()
+        echo(f"   {address:16s} min {float(d['min']):8.3f}  max {float(d['max']):8.3f}  "
+             f"mean {float(d['mean']):7.3f}  std {float(d['std']):6.3f}")
+
+    _pictures(ks, files, model, x_test, y_test, acts, stats)
+    files.written["model"] = os.path.join(out, "shapes_cnn.keras")
+    model.save(files.written["model"])
+    files.written["data"] = os.path.join(out, "shapes.npy")
+    np.save(files.written["data"], x_test[:64])
+    echo(f"\n7. Files written to {out}:")
+    for name, path in files.written.items():
+        echo(f"   {os.path.basename(path):24s} {_CAPTIONS[name]}")
+    model_path, data_path = (os.path.relpath(files.written[k]) for k in ("model", "data"))
+    echo(f"\nDone in {time.perf_counter() - start:.0f} s. Try the command line on the demo's model:")
+    echo(f"   kerasurgery inspect {model_path}")
+    echo(f"   kerasurgery calibrate {model_path} --data {data_path} --points '*:pre' -o ranges.json")
+    return files.written
+
+
+_CAPTIONS = {
+    "inputs": "six demo inputs with the model's predictions",
+    "feature_maps_conv_1": "conv_1 (8 channels) for input #0: one image per channel",
+    "feature_maps_conv_2": "conv_2 (16 channels) for input #0",
+    "histograms": "histograms of every pre-activation (from calibrate)",
+    "graph": "the model's graph; exposed points in red",
+    "model": "the trained model, for `kerasurgery inspect` and friends",
+    "data": "64 test images (N, 32, 32, 1), for --data",
+}
+
+
+def _probe_pair_step(ks: Any, model: Any, x_train: Any, y_train: Any, x_test: Any, echo: Any) -> None:
+    import keras
+
+    from kerasurgery.recorder import ActivationRecorder
+
+    before = [w.copy() for w in model.get_weights()]
+    training, checking = ks.probe_pair(model, ["conv_2:pre", "dense"], copy=True)
+    training.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    recorder = ActivationRecorder(["conv_2:pre", "dense"], x_test[:32])
+    start = _numpy(checking(x_test[:32], training=False))["dense"].mean()
+    training.fit(x_train[:320], y_train[:320], epochs=2, batch_size=32, verbose=0, callbacks=[recorder])
+    end = _numpy(checking(x_test[:32], training=False))["dense"].mean()
+    echo("\n4. Probe pair: training, checking = ks.probe_pair(model, ['conv_2:pre', 'dense'], copy=True)")
+    echo(f"   2 epochs of training.fit(..., callbacks=[ks.ActivationRecorder(...)]) move the checking "
+         f"model too (shared weights): mean of 'dense' {start:.3f} -> {end:.3f}")
+    for address, records in recorder.history.items():
+        shapes = ", ".join(str(tuple(np.shape(r))) for r in records)
+        echo(f"   recorder.history[{address!r}]: {len(records)} records of shapes {shapes}")
+    unchanged = all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    echo(f"   the original model is untouched (copy=True): {unchanged}")
+
+
+def _pictures(ks: Any, files: _Writer, model: Any, x: Any, y: Any, acts: dict, stats: dict) -> None:
+    probs = _numpy(model(x[:6], training=False))
+    files.save("inputs", _samples_figure(x, y, probs))
+    for name in ("conv_1", "conv_2"):
+        fig = ks.plot.feature_maps(acts[name][0], title=f"{name} for input #0 ({CLASSES[y[0]]})", scale="per_map")
+        files.save(f"feature_maps_{name}", fig)
+    files.save("histograms", ks.plot.histograms(stats, log=True, title="pre-activation ranges (calibrate)"))
+    files.save("graph", ks.plot.graph(model, highlight=["predictions:pre", "conv_2:pre", "dense"],
+                                      title=f"{model.name}: red boxes hold the points the demo exposed"))

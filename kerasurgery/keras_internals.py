@@ -1,0 +1,117 @@
+"""Every Keras internal kerasurgery relies on, in one place.
+
+Keras 3 has no public API for the recorded graph of a functional model, so
+reading it needs a few private attributes. Each one is read here and nowhere
+else, and `tests/test_keras_internals.py` pins each of them, so a Keras
+release that changes one fails that test by name instead of failing deep
+inside a pass.
+
+==============================  ============================================
+``keras.src.models.functional``  the `Functional` class (a functional model)
+``Sequential._functional``       the graph of a built Sequential model
+``Functional._nodes_by_depth``   the recorded calls, grouped by depth
+``Functional._inputs/_outputs``  the flat input/output KerasTensors
+``Functional._inputs_struct``    inputs/outputs as given to the constructor
+``Functional._outputs_struct``
+``Operation._inbound_nodes``     one `Node` per call of an operation
+``KerasTensor._keras_history``   (operation, node index, tensor index)
+``Layer._call_context_args``     arguments passed down to inner calls
+                                 (``training``)
+``Layer._flatten_layers``        every layer inside a model, recursively
+``Node.arguments/outputs``       a call's arguments and output tensors
+==============================  ============================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+
+def functional_class() -> type:
+    """Keras's `Functional` model class."""
+    from keras.src.models.functional import Functional
+
+    return Functional
+
+
+def is_functional(model: Any) -> bool:
+    """Whether `model` is a Functional model (including subclasses of Functional)."""
+    return isinstance(model, functional_class())
+
+
+def calls_like_functional(model: Any) -> bool:
+    """Whether `model`'s ``call`` is Functional's own (not overridden by a subclass)."""
+    return is_functional(model) and type(model).call is functional_class().call
+
+
+def sequential_graph(model: Any) -> Any | None:
+    """The Functional graph of a built Sequential model, or None if it has none yet."""
+    return getattr(model, "_functional", None)
+
+
+def graph_of(model: Any) -> Any | None:
+    """The Functional graph behind a Functional or built Sequential model."""
+    if isinstance(model, keras.Sequential):
+        return sequential_graph(model)
+    return model if is_functional(model) else None
+
+
+def nodes_in_order(fn: Any) -> list:
+    """Keras nodes (calls) of a Functional, inputs first, in Keras's own depth order."""
+    ordered = []
+    for depth in sorted(fn._nodes_by_depth, reverse=True):
+        ordered.extend(fn._nodes_by_depth[depth])
+    return ordered
+
+
+def call_index(op: Any, node: Any) -> int:
+    """The 0-based call number of `node` among the calls of `op`."""
+    return op._inbound_nodes.index(node)
+
+
+def inbound_nodes(op: Any) -> list:
+    """Every recorded call (`Node`) of `op`."""
+    return list(op._inbound_nodes)
+
+
+def flat_inputs(fn: Any) -> list:
+    """The input KerasTensors of a Functional, flattened."""
+    return list(fn._inputs)
+
+
+def flat_outputs(fn: Any) -> list:
+    """The output KerasTensors of a Functional, flattened."""
+    return list(fn._outputs)
+
+
+def input_structure(fn: Any) -> Any:
+    """The inputs of a Functional as given to its constructor (tensor, list or dict)."""
+    return fn._inputs_struct
+
+
+def output_structure(fn: Any) -> Any:
+    """The outputs of a Functional as given to its constructor."""
+    return fn._outputs_struct
+
+
+def producer(tensor: Any) -> Any:
+    """The operation that produced a KerasTensor."""
+    return tensor._keras_history.operation
+
+
+def context_arguments(op: Any) -> set:
+    """Names of the call-context arguments `op` passes down to inner calls (``training``)."""
+    return set(getattr(op, "_call_context_args", ()) or ())
+
+
+def all_layers(model: Any) -> list:
+    """Every layer of `model`, nested ones included, without repeats."""
+    return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+def call_arguments(node: Any) -> tuple[tuple, dict, list]:
+    """``(args, kwargs, keras_tensors)`` of a recorded call."""
+    arguments = node.arguments
+    return tuple(arguments.args), dict(arguments.kwargs), list(arguments.keras_tensors)

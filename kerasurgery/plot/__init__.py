@@ -1,0 +1,30 @@
+"""Pictures of what a model computes: feature maps, histograms, attention, the graph.
+
+Every function returns a `matplotlib.figure.Figure` made through pyplot (so
+``plt.show()`` displays it and notebooks render it) and never calls ``show()``
+itself; save it with ``fig.savefig("maps.png")`` and close it with
+``plt.close(fig)`` in loops. matplotlib is imported on first use (install it
+with ``pip install kerasurgery[plot]``).
+
+=================  ==========================================================
+`feature_maps`     one image per channel of an (H, W, C) activation
+`histograms`       value distributions of collected activations or of
+                   `kerasurgery.calibrate` statistics, one panel per point
+`attention`        one heatmap per head of ``:scores``, with token labels
+`graph`            the model's DAG (Graphviz when installed, else matplotlib)
+`save_graph`       a drawing of the DAG to .svg, .png or .pdf
+=================  ==========================================================
+
+Example:
+    >>> import numpy as np, kerasurgery as ks
+    >>> fig = ks.plot.feature_maps(np.random.rand(8, 8, 5), title="conv_1")
+    >>> sum(1 for ax in fig.axes if ax.images)
+    5
+"""
+
+from kerasurgery.plot.attention_maps import attention
+from kerasurgery.plot.distributions import histograms
+from kerasurgery.plot.graph_figure import graph, save_graph
+from kerasurgery.plot.maps import feature_maps
+
+__all__ = ["attention", "feature_maps", "graph", "histograms", "save_graph"]

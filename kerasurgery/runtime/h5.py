@@ -1,0 +1,117 @@
+"""HDF5 files of activations: names, dtypes, chunks, and writing safely.
+
+Shared by `collect(path=...)` and `ActivationRecorder(path=...)`:
+
+- `h5_name` / `address_of`: an address as a dataset name (``/`` would make
+  groups) and back;
+- `storable_dtype`: HDF5 has no bfloat16, so such values are stored as float32;
+- `create_dataset`: one resizable dataset per point, in chunks of about 4 MB;
+- `PendingFile`: the file is written under a hidden temporary name next to
+  the target and renamed into place only when complete, so an interrupted run
+  never leaves a file that looks complete. The file is created with the
+  permissions of any new file (the umask applies).
+
+Example:
+    >>> from kerasurgery.runtime.h5 import h5_name, address_of
+    >>> h5_name("encoder/dense:pre"), address_of("encoder%2Fdense:pre")
+    ('encoder%2Fdense:pre', 'encoder/dense:pre')
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CHUNK_BYTES = 1 << 22  # about 4 MB per chunk
+
+
+def h5_name(address: str) -> str:
+    """The HDF5 dataset name of an address (``/`` would make groups)."""
+    return address.replace("%", "%25").replace("/", "%2F")
+
+
+def address_of(name: str) -> str:
+    """The address of an HDF5 dataset name (the inverse of `h5_name`)."""
+    return name.replace("%2F", "/").replace("%25", "%")
+
+
+def storable_dtype(dtype: np.dtype) -> np.dtype:
+    """HDF5 has no bfloat16 (or other ml_dtypes); store those as float32."""
+    return dtype if dtype.kind in "biufc" and dtype.isbuiltin else np.dtype("float32")
+
+
+def create_dataset(file: Any, address: str, shape: tuple, dtype: np.dtype, *, rows: int, leading: tuple,
+                   attrs: dict) -> Any:
+    """A resizable dataset for one point: ``leading`` axes, then the per-sample `shape`.
+
+    The last leading axis is the sample axis; chunks hold about `CHUNK_BYTES`
+    (at most `rows` samples, the first batch's size), one entry of every
+    other leading axis.
+    """
+    row_bytes = max(1, int(np.prod(shape)) * dtype.itemsize)
+    chunk_rows = max(1, min(rows, CHUNK_BYTES // row_bytes))
+    chunks = (*(1 for _ in leading[:-1]), chunk_rows, *shape)
+    ds = file.create_dataset(
+        h5_name(address), shape=(*leading, *shape), maxshape=(*(None for _ in leading), *shape),
+        dtype=storable_dtype(dtype), chunks=chunks,
+    )
+    ds.attrs.update(address=address, shape=list(shape), dtype=str(dtype), **attrs)
+    return ds
+
+
+class PendingFile:
+    """An HDF5 file written under a hidden temporary name, renamed into place when complete.
+
+    `open` creates (or, with ``copy_of``, copies) the temporary file next to
+    `path`; `commit` closes it and renames it to `path`; `discard` closes and
+    deletes it. Deleting is also what happens if the object is garbage
+    collected or the interpreter exits before `commit`.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.temp: Path | None = None
+        self.file: Any = None
+
+    def open(self, *, copy_of: Path | None = None) -> Any:
+        import h5py
+
+        folder = self.path.parent if str(self.path.parent) else Path(".")
+        self.temp = folder / f".{self.path.name}.{secrets.token_hex(4)}.tmp"
+        if copy_of is not None:
+            import shutil
+
+            shutil.copyfile(copy_of, self.temp)
+            self.file = h5py.File(self.temp, "a")
+        else:
+            self.file = h5py.File(self.temp, "w", track_order=True)
+        return self.file
+
+    def commit(self) -> Path:
+        """Close the file and move it to `path` (replacing what is there)."""
+        self.file.close()
+        self.file = None
+        os.replace(str(self.temp), self.path)
+        self.temp = None
+        return self.path
+
+    def discard(self) -> None:
+        """Close and delete the temporary file (nothing is left behind)."""
+        try:
+            if self.file is not None:
+                self.file.close()
+        finally:
+            self.file = None
+            if self.temp is not None and self.temp.exists():
+                self.temp.unlink()
+            self.temp = None
+
+    def __del__(self) -> None:
+        try:
+            self.discard()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass

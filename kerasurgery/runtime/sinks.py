@@ -1,0 +1,232 @@
+"""Where `collect` puts activations: preallocated numpy arrays, or an HDF5 file.
+
+A sink is told the per-sample shape and dtype of every point once (from the
+first batch), then receives batches with their start row. `MemorySink`
+preallocates one array per distinct tensor (growing geometrically only when
+the number of samples is unknown) and refuses up front a result larger than
+the available memory. `H5Sink` writes one chunked dataset per address into a
+temporary file next to the target, renamed into place only when every batch
+is written, so an error never leaves a half-written file behind.
+
+The HDF5 details (dataset names, chunks, the temporary file) are in
+`kerasurgery.runtime.h5`; reading a written file back is
+`kerasurgery.runtime.activations`.
+
+Example:
+    >>> from kerasurgery.runtime.sinks import human
+    >>> human(3 * 1024 ** 3)
+    '3.0 GB'
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kerasurgery.errors import DataError
+from kerasurgery.runtime import backend
+from kerasurgery.runtime.activations import Activations
+from kerasurgery.runtime.h5 import PendingFile, create_dataset
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to this process, or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+def check_fits(per_sample: int, samples: int, n_points: int, *, exact: bool = True) -> None:
+    """Raise a DataError if `samples` rows of `per_sample` bytes exceed memory."""
+    need = per_sample * samples
+    have = available_memory()
+    if have is None or need <= 0.9 * have:
+        return
+    many = f"{samples:,}" if exact else f"about {samples:,}"
+    raise DataError(
+        f"Expected the activations to fit in memory. Received: {n_points} point(s) over {many} "
+        f"samples, {human(need)} of activations ({human(per_sample)} per sample), but only "
+        f"{human(have)} of memory is available. Pass `path='activations.h5'` to stream them to "
+        "disk, select fewer points (see `kerasurgery.points(model)`), or use less data."
+    )
+
+
+def check_path(path: Any, overwrite: bool) -> Path:
+    """`path` as a Path if it may be written, else a DataError saying why not."""
+    try:
+        p = Path(os.fspath(path))
+    except TypeError:
+        raise DataError(
+            f"Expected `path` to be a file path such as 'activations.h5'. Received: path={path!r}."
+        ) from None
+    if p.is_dir():
+        raise DataError(f"Expected `path` to name a file. Received: path='{p}', which is a folder.")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise DataError(
+            f"Expected `path` in an existing folder. Received: path='{p}', but folder '{parent}' "
+            f"does not exist. Create it first (`os.makedirs('{parent}')`)."
+        )
+    if p.exists() and not overwrite:
+        raise DataError(
+            f"Expected `path` to be a new file. Received: path='{p}', which already exists. "
+            "Pass `overwrite=True` to replace it, or choose another path."
+        )
+    return p
+
+
+def check_batch(key: str, tensor: Any, rows: int, shape: tuple | None, where: str) -> None:
+    got = tuple(tensor.shape)
+    if not got or got[0] != rows:
+        raise DataError(
+            f"Expected point '{key}' to have the batch as its first axis ({rows} rows in {where}). "
+            f"Received: shape {got}. It mixes samples (e.g. a reduction over the batch), so it "
+            "cannot be stored per sample; leave it out of `points`."
+        )
+    if shape is not None and got[1:] != shape:
+        raise DataError(
+            f"Expected point '{key}' to keep the per-sample shape {shape} of the first batch. "
+            f"Received: shape {got[1:]} in {where}. Give batches of one shape (pad them)."
+        )
+
+
+def _capacity(samples: int | None, batches: int | None, rows: int) -> int:
+    """Rows to reserve: the sample count if known, else batches x first batch's rows."""
+    return samples or (batches * rows if batches else rows)
+
+
+class MemorySink:
+    """Preallocated numpy arrays, one per distinct tensor.
+
+    Args:
+        keys: ``{address: key}``; addresses with the same key share an array.
+        samples: the exact number of samples, or None if unknown.
+        batches: the number of batches, or None if unknown.
+    """
+
+    def __init__(self, keys: dict[str, str], samples: int | None, batches: int | None):
+        self.keys = keys
+        self.samples = samples
+        self.batches = batches
+        self.capacity = 0
+        self.arrays: dict[str, np.ndarray] = {}
+        self.shapes: dict[str, tuple] = {}
+
+    def prepare(self, outputs: dict[str, Any], rows: int) -> None:
+        for key, t in outputs.items():
+            check_batch(key, t, rows, None, "batch 0")
+            self.shapes[key] = tuple(t.shape[1:])
+        self.dtypes = {k: backend.as_numpy(t).dtype for k, t in outputs.items()}
+        self.per_sample = sum(int(np.prod(s)) * self.dtypes[k].itemsize for k, s in self.shapes.items())
+        capacity = _capacity(self.samples, self.batches, rows)
+        check_fits(self.per_sample, capacity, len(self.keys), exact=self.samples is not None)
+        self._allocate(capacity)
+
+    def _allocate(self, capacity: int) -> None:
+        old = self.arrays
+        self.arrays = {k: np.empty((capacity, *s), self.dtypes[k]) for k, s in self.shapes.items()}
+        for k, a in old.items():
+            self.arrays[k][: len(a)] = a
+        self.capacity = capacity
+
+    def check(self, outputs: dict[str, Any], rows: int, where: str) -> None:
+        for key, t in outputs.items():
+            check_batch(key, t, rows, self.shapes[key], where)
+
+    def write(self, start: int, rows: int, outputs: dict[str, Any]) -> None:
+        if start + rows > self.capacity:
+            grown = max(2 * self.capacity, start + rows)
+            check_fits(self.per_sample, grown, len(self.keys), exact=False)
+            self._allocate(grown)
+        for key, t in outputs.items():
+            np.copyto(self.arrays[key][start : start + rows], backend.as_numpy(t), casting="unsafe")
+
+    def finish(self, n: int) -> dict[str, np.ndarray]:
+        for a in self.arrays.values():
+            if len(a) != n:
+                a.resize((n, *a.shape[1:]), refcheck=False)  # shrinks in place
+        return {address: self.arrays[key] for address, key in self.keys.items()}
+
+    def abort(self) -> None:
+        self.arrays = {}
+
+
+class H5Sink:
+    """One chunked, resizable dataset per address in a file written safely (`PendingFile`).
+
+    Args:
+        path: the final file (already checked with `check_path`).
+        keys: ``{address: key}`` (addresses sharing a tensor get a dataset each).
+        samples: the exact number of samples, or None if unknown.
+        batches: the number of batches, or None if unknown.
+        attrs: file attributes (model name, ...).
+    """
+
+    def __init__(
+        self, path: Path, keys: dict[str, str], samples: int | None, batches: int | None, attrs: dict
+    ):
+        self.keys = keys
+        self.samples = samples
+        self.batches = batches
+        self.attrs = attrs
+        self.pending = PendingFile(path)
+
+    def prepare(self, outputs: dict[str, Any], rows: int) -> None:
+        file = self.pending.open()
+        file.attrs.update(self.attrs)
+        self.shapes = {}
+        self.datasets = {}
+        for key, t in outputs.items():
+            check_batch(key, t, rows, None, "batch 0")
+            self.shapes[key] = tuple(t.shape[1:])
+        dtypes = {k: backend.as_numpy(t).dtype for k, t in outputs.items()}
+        capacity = _capacity(self.samples, self.batches, rows)
+        for address, key in self.keys.items():
+            self.datasets[address] = create_dataset(
+                file, address, self.shapes[key], dtypes[key], rows=rows, leading=(capacity,),
+                attrs={"model": self.attrs.get("model", "")},
+            )
+
+    def check(self, outputs: dict[str, Any], rows: int, where: str) -> None:
+        for key, t in outputs.items():
+            check_batch(key, t, rows, self.shapes[key], where)
+
+    def write(self, start: int, rows: int, outputs: dict[str, Any]) -> None:
+        arrays = {k: backend.as_numpy(t) for k, t in outputs.items()}
+        for address, key in self.keys.items():
+            ds = self.datasets[address]
+            if start + rows > ds.shape[0]:
+                ds.resize(max(start + rows, 2 * ds.shape[0]), axis=0)
+            array = arrays[key]
+            if array.dtype != ds.dtype:
+                array = array.astype(ds.dtype)
+            ds[start : start + rows] = array
+
+    def finish(self, n: int) -> Activations:
+        for ds in self.datasets.values():
+            if ds.shape[0] != n:
+                ds.resize(n, axis=0)
+        self.pending.file.attrs["num_samples"] = n
+        return Activations(self.pending.commit())
+
+    def abort(self) -> None:
+        self.pending.discard()

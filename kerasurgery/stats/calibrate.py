@@ -1,0 +1,202 @@
+"""`calibrate`: streaming statistics of many points over a dataset.
+
+Each batch goes through one compiled step: the probe's tensors (see
+`kerasurgery.runtime.plan`) are reduced *inside the graph* with `keras.ops`, so
+only a few numbers per point leave the graph and no activation is ever kept.
+On the host, batch results merge into running statistics in float64 (Chan's
+formula for mean and variance; histograms on a shared power-of-two grid, see
+`kerasurgery.stats.grid`). The same merge combines the statistics of two shards
+into those of the whole.
+
+Cost. Every statistic is a pass over every value of every point, and on a CPU
+a pass costs about a third of the forward pass that produced the value, so
+exact statistics of every point (min, max, mean, variance, zeros and the
+histogram: about 14 passes) cost 4-6 forward passes. Hence `sample`: min,
+max and the counts always see every value (2 passes), while the histogram,
+percentiles, mean, std and zero fraction are computed from at most `sample`
+values of each point per input sample, taken as contiguous blocks (a gather
+that reads only those blocks), spread evenly over the sample and rotating from
+sample to sample so that every position is covered over the dataset. Points
+with fewer values per sample are exact. And where a point is the output of a
+ReLU-family activation layer whose input is also a point, its min and max are
+that function of the input's min and max (exact, and one pass less each).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+from kerasurgery.address.selector import Selector
+from kerasurgery.checks import is_int, optional_positive_int, positive_int
+from kerasurgery.errors import DataError
+from kerasurgery.runtime import backend
+from kerasurgery.runtime.inputs import adapt, check_batch_size
+from kerasurgery.runtime.loop import run
+from kerasurgery.runtime.plan import plan_for
+from kerasurgery.stats.reduce import Layout, derived_extremes, layout, reduce_all
+from kerasurgery.stats.results import DEFAULT_PERCENTILES, Calibration, PointStats, _Moments
+
+__all__ = ["DEFAULT_SAMPLE", "calibrate"]
+
+DEFAULT_SAMPLE = 256
+
+
+class _Accumulator:
+    """The sink of `calibrate`: merges each batch's reductions (nothing else is kept).
+
+    Its `extra(start, rows)` gives the step, for the batch of input samples
+    ``start .. start + rows``: every point's running ``(lo, hi, e)`` packed
+    into one ``(3, channels)`` array, so that batches usually land on the
+    running histogram windows; and the first gathered block of every sampled
+    point for each input sample, ``(rows, points)``.
+    """
+
+    def __init__(self, bins: int, layouts: dict[str, Layout]):
+        self.bins = bins
+        self.layouts = layouts
+        self.state: dict[str, _Moments] = {}
+        self.shapes = {k: lay.shape for k, lay in layouts.items()}  # per-sample shapes (None where they vary)
+        self.seen: set[str] = set()  # points whose batch shapes were read (non-static ones)
+        self.steps = np.array([lay.step for lay in layouts.values()], np.int64)
+        self.blocks = np.array([lay.blocks for lay in layouts.values()], np.int64)
+
+    def prepare(self, outputs: dict, rows: int) -> None:
+        pass
+
+    def check(self, outputs: dict, rows: int, where: str) -> None:
+        pass
+
+    def extra(self, start: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        parts = []
+        for key, lay in self.layouts.items():
+            m = self.state.get(key)
+            if m is None:
+                c = lay.channels
+                parts.append(np.array([[np.inf] * c, [-np.inf] * c, [-np.inf] * c], np.float32))
+            else:
+                parts.append(np.stack([m.low, m.high, m.exponent]).astype(np.float32))
+        index = np.arange(start, start + rows, dtype=np.int64)[:, None]
+        offsets = (index % self.blocks) * self.steps % self.blocks
+        return np.concatenate(parts, axis=1), offsets.astype(np.int32)
+
+    def write(self, start: int, rows: int, outputs: dict) -> None:
+        for key, parts in outputs.items():
+            if "shape" in parts:  # a shape that is not static: keep the dims every batch agrees on
+                shape = tuple(int(d) for d in backend.as_numpy(parts["shape"])[1:])
+                seen = self.shapes[key] if key in self.seen else shape
+                self.shapes[key] = tuple(a if a == b else None for a, b in zip(seen, shape))
+                self.seen.add(key)
+            batch = _Moments.from_batch(parts)
+            self.state[key] = batch if key not in self.state else self.state[key].merge(batch, self.bins)
+
+
+def calibrate(
+    model: keras.Model,
+    data: Any,
+    points: Selector | None = None,
+    *,
+    batch_size: int = 32,
+    progress: bool | None = None,
+    bins: int | None = None,
+    per_channel: bool = False,
+    channel_axis: int = -1,
+    percentiles: Any = DEFAULT_PERCENTILES,
+    training: bool = False,
+    steps: int | None = None,
+    sample: int | None = DEFAULT_SAMPLE,
+) -> Calibration:
+    """Streaming statistics of `points` of `model` over `data`.
+
+    One compiled forward pass per batch computes every point and reduces it
+    in the graph (min, max, mean, variance, zeros, histogram); activations are
+    never kept, so memory does not grow with the data. Typical use: ranges of
+    every pre-activation (``"*:pre"``) for post-training quantization.
+
+    Args:
+        model: a Functional or Sequential model.
+        data: as for `kerasurgery.collect`.
+        points: addresses, globs, list or predicate; None means every address
+            of `kerasurgery.points(model)` (inputs, ``:pre`` and ``:scores``
+            included).
+        batch_size: rows per batch for arrays.
+        progress: show a progress bar (None: when stdout is a terminal).
+        bins: histogram cells per point (and per channel); None: 2048, or
+            128 per channel (per-channel histograms of every point of a large
+            model at 2048 cells would take hundreds of MB).
+        per_channel: statistics per channel instead of per tensor.
+        channel_axis: the channel axis, counted with the batch (-1: last).
+        percentiles: percentiles (0-100) reported by `to_dict`.
+        training: run layers in training mode (the model is not changed).
+        steps: read at most this many batches.
+        sample: values of a point per input sample (all channels together)
+            from which its histogram, percentiles, mean, std and zero
+            fraction are computed (per channel: ``sample // channels``
+            positions, at least one). Points with more are sampled in
+            contiguous blocks spread over the sample, shifted from one input
+            sample to the next so that every position is covered over the
+            dataset. ``min``, ``max`` and ``count`` always see every value.
+            None: every value (exact; on a large model about 3x slower, see
+            docs/performance.md).
+
+    Returns:
+        A `Calibration`: ``{address: PointStats}``.
+
+    Raises:
+        AddressError: a point is not an address of `model`.
+        DataError: the data does not fit the model or is empty; bad `bins`
+            or `sample`.
+
+    Example:
+        >>> import keras, numpy as np, kerasurgery as ks
+        >>> x = keras.Input((4,), name="x")
+        >>> model = keras.Model(x, keras.layers.Dense(3, activation="relu", name="d")(x))
+        >>> stats = ks.calibrate(model, np.random.default_rng(0).normal(size=(64, 4)), "d:pre")
+        >>> s = stats["d:pre"]
+        >>> s.samples, s.count, s.min <= s.percentile(50) <= s.max
+        (64, 192, True)
+    """
+    batch_size = check_batch_size(batch_size)
+    if bins is None:
+        bins = 128 if per_channel else 2048
+    bins = positive_int(bins, "bins", minimum=2, maximum=1 << 20)
+    qs = tuple(float(q) for q in np.atleast_1d(np.asarray(percentiles, np.float64)))
+    if any(not 0 <= q <= 100 for q in qs):
+        raise DataError(f"Expected percentiles between 0 and 100. Received: percentiles={percentiles!r}.")
+    sample = optional_positive_int(sample, "sample", meaning="every value (exact statistics)")
+    if not is_int(channel_axis):
+        raise DataError(f"Expected `channel_axis` to be an integer. Received: channel_axis={channel_axis!r}.")
+    bins, per_channel, channel_axis = int(bins), bool(per_channel), int(channel_axis)
+    sample = None if sample is None else int(sample)
+
+    def layouts(probe: keras.Model, unique: list[str]) -> dict[str, Layout]:
+        return {k: layout(probe.output[k], per_channel, channel_axis, sample) for k in unique}
+
+    def make_post(probe: keras.Model, unique: list[str]) -> tuple:
+        lays = layouts(probe, unique)
+        offsets = np.cumsum([0, *(lay.channels for lay in lays.values())])
+
+        derived = derived_extremes(probe, lays)
+
+        def post(outputs: dict, running: Any, first: Any) -> dict:
+            return reduce_all(outputs, lays, derived, bins, running, first)
+
+        return post, (((3, int(offsets[-1])), "float32"), ((None, len(unique)), "int32"))
+
+    tag = ("stats", bins, per_channel, channel_axis, sample)
+    plan = plan_for(model, points, training=training, default="all", tag=tag, make_post=make_post)
+    lays = layouts(plan.probe, plan.unique)
+    source = adapt(data, plan.probe, batch_size=batch_size, steps=steps)
+    sink = _Accumulator(bins, lays)
+    samples = run(plan, source, sink, progress=progress)
+    result = Calibration(model=model.name)
+    for address, key in plan.keys.items():
+        t = plan.probe.output[key]
+        result[address] = PointStats(
+            address, shape=sink.shapes[key], dtype=keras.backend.standardize_dtype(t.dtype),
+            channel_axis=lays[key].axis, bins=bins, samples=samples, moments=sink.state[key], percentiles=qs,
+            sample=sample,
+        )
+    return result
