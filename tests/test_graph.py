@@ -263,26 +263,6 @@ class TestBadInput:
             assert issubclass(cls, ValueError)
 
 
-@pytest.mark.backend
-class TestKerasInternalsWeRelyOn:
-    """Pins the private Keras attributes kerasurgery reads (keras/src/ops/node.py, function.py)."""
-
-    def test_node_and_history(self):
-        model = shared()
-        layer = model.get_layer("shared")
-        assert len(layer._inbound_nodes) == 2
-        node = layer._inbound_nodes[1]
-        assert node.arguments.args and node.arguments.keras_tensors
-        assert node.outputs[0]._keras_history.node_index == 1
-        assert isinstance(model._nodes_by_depth, dict)
-
-    def test_call_context_args_and_sequential_functional(self):
-        assert "training" in keras.layers.Dropout(0.1)._call_context_args
-        assert nested_sequential().get_layer("block")._functional is not None
-        model = mlp()
-        assert model._inputs_struct is model.input and model._outputs_struct is model.output
-
-
 def test_rebuild_time_is_roughly_linear():
     import time
 

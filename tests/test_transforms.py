@@ -254,16 +254,6 @@ class TestSplitActivations:
             ks.split_activations(model, ["concat"])
         assert_unchanged(model, before)
 
-    def test_split_pass_is_pure(self):
-        from kerasurgery.passes.split import split_activations_pass
-
-        graph = ks.to_graph(mlp())
-        nodes, edges = list(graph.nodes(data=True)), list(graph.edges(data=True))
-        new = split_activations_pass(graph)
-        ks.check_graph(new)
-        assert list(graph.nodes(data=True)) == nodes and list(graph.edges(data=True)) == edges
-        assert "dense_1_activation" in new
-
 
 @pytest.mark.backend
 @pytest.mark.parametrize("name", sorted(ZOO))

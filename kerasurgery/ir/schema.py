@@ -85,14 +85,29 @@ from kerasurgery.errors import GraphError
 
 @dataclasses.dataclass(frozen=True)
 class Slot:
-    """Placeholder for a tensor argument inside a node's ``args``/``kwargs``."""
+    """Placeholder for a tensor argument inside a node's ``args``/``kwargs``.
+
+    Example:
+        >>> import keras, kerasurgery as ks
+        >>> a, b = keras.Input((2,), name="a"), keras.Input((2,), name="b")
+        >>> g = ks.to_graph(keras.Model([a, b], keras.layers.Add(name="add")([a, b])))
+        >>> g.nodes["add"]["args"], g.edges["b", "add"]["feeds"]
+        (([Slot(name='0.0'), Slot(name='0.1')],), [(0, '0.1')])
+    """
 
     name: str
 
 
 @dataclasses.dataclass(frozen=True)
 class Ref:
-    """Output ``index`` of graph node ``node`` (used for model outputs)."""
+    """Output ``index`` of graph node ``node`` (used for model outputs).
+
+    Example:
+        >>> import keras, kerasurgery as ks
+        >>> x = keras.Input((2,), name="x")
+        >>> ks.to_graph(keras.Model(x, keras.layers.Dense(1, name="d")(x))).graph["outputs"]
+        Ref(node='d', index=0)
+    """
 
     node: str
     index: int = 0

@@ -87,8 +87,11 @@ def insert_taps(model: keras.Model, points: Selector) -> keras.Model:
     """A model with identity `Tap` layers at the given points, sharing weights.
 
     Each tap is named after its point (``dense_1:pre`` -> ``dense_1_pre_tap``,
-    see `tap_name`) and becomes an addressable point of the new model. Outputs
-    are unchanged.
+    see `kerasurgery.address.grammar.tap_name`) and becomes an addressable
+    point of the new model. Outputs, output names and weights are unchanged.
+    A tap at ``:pre`` of a layer with a fused activation splits that call:
+    the new model calls ``<name>_pre`` (a `PreActivation` sharing the layer),
+    the tap, then ``<name>_activation``.
 
     Args:
         model: a Functional or Sequential model.
@@ -106,8 +109,9 @@ def insert_taps(model: keras.Model, points: Selector) -> keras.Model:
         >>> import keras, kerasurgery as ks
         >>> x = keras.Input((4,), name="x")
         >>> model = keras.Model(x, keras.layers.Dense(3, activation="relu", name="d")(x))
-        >>> ks.points(ks.insert_taps(model, ["d:pre"]))
-        ['x', 'd_pre', 'd_pre_tap', 'd']
+        >>> tapped = ks.insert_taps(model, ["d:pre"])
+        >>> ks.points(tapped), tapped.output_names
+        (['x', 'd_pre', 'd_pre_tap', 'd_activation:pre', 'd_activation'], ['d'])
     """
     graph = insert_taps_pass(to_graph(model), points)
     return to_model(graph, name=model.name)

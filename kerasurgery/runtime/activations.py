@@ -17,7 +17,17 @@ class Activations(dict):
     """``{address: h5py.Dataset}`` read lazily from an HDF5 file of `collect`.
 
     Index a dataset to read it (``acts["conv"][:100]``); the file stays open
-    until `close()` (or the end of a ``with`` block).
+    until `close()` (or the end of a ``with`` block). `collect` returns one
+    when given ``path=``; `load_activations` opens one.
+
+    Example:
+        >>> import keras, numpy as np, kerasurgery as ks, os, tempfile
+        >>> x = keras.Input((3,), name="x")
+        >>> model = keras.Model(x, keras.layers.Dense(2, name="d")(x))
+        >>> path = os.path.join(tempfile.mkdtemp(), "acts.h5")
+        >>> with ks.collect(model, np.ones((5, 3)), "d", path=path) as acts:
+        ...     type(acts).__name__, acts["d"][:2].shape, int(acts.attrs["num_samples"])
+        ('Activations', (2, 2), 5)
     """
 
     def __init__(self, path: Any):

@@ -93,6 +93,14 @@ class PointStats:
         bins: histogram cells.
         sample: the `calibrate` setting: at most this many values of the
             point per input sample are sampled, or None (every value).
+
+    Example:
+        >>> import keras, numpy as np, kerasurgery as ks
+        >>> x = keras.Input((2,), name="x")
+        >>> model = keras.Model(x, keras.layers.Dense(1, name="d")(x))
+        >>> s = ks.calibrate(model, np.arange(8.0).reshape(4, 2), "x")["x"]
+        >>> s.min, s.max, s.mean, s.count
+        (0.0, 7.0, 3.5, 8)
     """
 
     def __init__(self, address: str, *, shape: tuple, dtype: str, channel_axis: int | None, bins: int,
@@ -204,7 +212,17 @@ class PointStats:
 
 
 class Calibration(dict):
-    """``{address: PointStats}`` from `calibrate`, with JSON export and `merge`."""
+    """``{address: PointStats}`` from `calibrate`, with JSON export and `merge`.
+
+    Example:
+        >>> import keras, numpy as np, kerasurgery as ks
+        >>> x = keras.Input((2,), name="x")
+        >>> model = keras.Model(x, keras.layers.Dense(1, name="d")(x))
+        >>> stats = ks.calibrate(model, np.arange(8.0).reshape(4, 2), ["x", "d"])
+        >>> back = ks.Calibration.from_json(stats.to_json())
+        >>> list(back), back["x"].max == stats["x"].max
+        (['x', 'd'], True)
+    """
 
     def __init__(self, items: Any = (), model: str | None = None):
         super().__init__(items)
