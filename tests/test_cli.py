@@ -265,6 +265,99 @@ class TestDemo:
 
 
 # ---------------------------------------------------------------------------
+# nothing is lost: no command writes over its inputs or, without --overwrite, an existing file
+
+
+def _digest(path):
+    import hashlib
+
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture
+def workdir(files, tmp_path, monkeypatch):
+    """A folder with its own copy of a model and data, as the current directory."""
+    shutil.copy(files["cnn_bn"], tmp_path / "clf.keras")
+    shutil.copy(files["images"], tmp_path / "x.npy")
+    np.savez(tmp_path / "x.npz", x=np.load(files["images"]))
+    os.symlink(tmp_path / "clf.keras", tmp_path / "link.keras")
+    os.symlink(tmp_path / "clf.keras", tmp_path / "link.json")
+    os.link(tmp_path / "clf.keras", tmp_path / "hard.keras")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# (command line, the input it names as output); every one is refused, with or without --overwrite
+WRITES_OVER_INPUT = {
+    "expose -o its model": ["expose", "clf.keras", "conv", "-o", "clf.keras"],
+    "expose -o ./model": ["expose", "clf.keras", "conv", "-o", "./clf.keras"],
+    "expose -o absolute path": ["expose", "clf.keras", "conv", "-o", "{workdir}/clf.keras"],
+    "expose -o a symlink to it": ["expose", "clf.keras", "conv", "-o", "link.keras"],
+    "expose -o a hard link to it": ["expose", "clf.keras", "conv", "-o", "hard.keras"],
+    "split -o its model": ["split", "clf.keras", "-o", "./clf.keras"],
+    "split -o its model through a symlink": ["split", "link.keras", "-o", "clf.keras"],
+    "collect -o its data": ["collect", "clf.keras", "--data", "x.npz", "-o", "./x.npz", "--quiet"],
+    "calibrate -o a .json symlink to the model": ["calibrate", "clf.keras", "--data", "x.npy", "-o", "link.json",
+                                                  "--quiet"],
+}
+
+
+@pytest.mark.parametrize("case", list(WRITES_OVER_INPUT))
+@pytest.mark.parametrize("overwrite", [False, True], ids=["", "--overwrite"])
+def test_no_command_writes_over_its_input(capsys, workdir, case, overwrite):
+    argv = [a.format(workdir=workdir) for a in WRITES_OVER_INPUT[case]] + (["--overwrite"] if overwrite else [])
+    before = {p.name: _digest(p) for p in workdir.iterdir() if not p.is_symlink()}
+    code, out, err = run(capsys, *argv)
+    assert_one_line_error(code, err, "other than the command's inputs")
+    assert out == ""
+    assert {p.name: _digest(p) for p in workdir.iterdir() if not p.is_symlink()} == before
+
+
+# (command line writing "out.<suffix>", the suffix); an existing output needs --overwrite
+WRITERS = {
+    "graph": (["graph", "clf.keras", "-o", "out.dot"], ".dot"),
+    "graph drawing": (["graph", "clf.keras", "-o", "out.svg", "--engine", "matplotlib"], ".svg"),
+    "split": (["split", "clf.keras", "-o", "out.keras"], ".keras"),
+    "expose": (["expose", "clf.keras", "conv", "-o", "out.keras"], ".keras"),
+    "collect": (["collect", "clf.keras", "--data", "x.npy", "--points", "conv", "-o", "out.h5", "--quiet"], ".h5"),
+    "calibrate": (["calibrate", "clf.keras", "--data", "x.npy", "--points", "conv", "-o", "out.json", "--quiet"],
+                  ".json"),
+    "calibrate --histograms": (["calibrate", "clf.keras", "--data", "x.npy", "--points", "conv", "-o", "r.json",
+                                "--histograms", "out.png", "--quiet"], ".png"),
+}
+
+
+@pytest.mark.parametrize("command", list(WRITERS))
+def test_existing_output_needs_overwrite(capsys, workdir, command):
+    argv, suffix = WRITERS[command]
+    target = workdir / f"out{suffix}"
+    target.write_bytes(b"keep me")
+    listing = sorted(os.listdir(workdir))
+    code, out, err = run(capsys, *argv)
+    assert_one_line_error(code, err, "already exists. Pass --overwrite")
+    assert target.read_bytes() == b"keep me" and sorted(os.listdir(workdir)) == listing
+    code, out, err = run(capsys, *argv, "--overwrite")
+    assert code == 0, err
+    assert target.read_bytes() != b"keep me"
+    # nothing else is left behind (no temporary file), and the inputs are untouched
+    assert sorted(os.listdir(workdir)) == sorted(set(listing) | {"r.json"} & {*argv})
+    assert _digest(workdir / "clf.keras") == _digest(workdir / "hard.keras")
+
+
+def test_every_writing_command_has_overwrite(capsys):
+    for command in ("demo", "graph", "split", "expose", "collect", "calibrate"):
+        code, out, _ = run(capsys, command, "--help")
+        assert code == 0 and "--overwrite" in out, command
+
+
+def test_demo_refuses_a_folder_with_its_files(capsys, tmp_path):
+    (tmp_path / "graph.png").write_bytes(b"keep me")
+    code, out, err = run(capsys, "demo", "--out", tmp_path)
+    assert_one_line_error(code, err, "graph.png already")
+    assert (tmp_path / "graph.png").read_bytes() == b"keep me" and os.listdir(tmp_path) == ["graph.png"]
+
+
+# ---------------------------------------------------------------------------
 # bad input: one line on stderr, exit status 2
 
 

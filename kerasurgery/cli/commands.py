@@ -12,6 +12,7 @@ from typing import Any
 import kerasurgery as ks
 from kerasurgery.errors import AddressError, DataError
 from kerasurgery.keras_internals import all_layers
+from kerasurgery.runtime.h5 import written_to
 
 
 def _import_modules(names: Sequence[str]) -> None:
@@ -29,14 +30,13 @@ def _load(args: argparse.Namespace) -> Any:
     return load_model(args.model, unsafe=args.unsafe)
 
 
-def _output(path: str, suffixes: tuple[str, ...], what: str) -> str:
-    """Check an output path: its suffix, and that its folder exists."""
-    if not path.lower().endswith(suffixes):
-        raise DataError(f"Expected {what} ending in {' or '.join(suffixes)}. Received: -o {path!r}.")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise DataError(f"Expected an existing folder for -o {path!r}. Received: {folder!r} does not exist.")
-    return path
+def _output(args: argparse.Namespace, path: str, suffixes: tuple[str, ...], what: str, *,
+            flag: str = "-o", also: dict[str, str | None] | None = None) -> str:
+    """Check an output path against the command's inputs and `--overwrite` (see `check_output`)."""
+    from kerasurgery.cli.files import check_output
+
+    inputs = {"model file": getattr(args, "model", None), "data file": getattr(args, "data", None), **(also or {})}
+    return check_output(path, flag, suffixes=suffixes, what=what, inputs=inputs, overwrite=args.overwrite)
 
 
 def _check_inputs(model: Any, data_path: str | None, limit: int | None = None) -> Any:
@@ -79,9 +79,20 @@ def _print_columns(rows: list[tuple[str, ...]]) -> None:
         print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
+#: The files `kerasurgery demo` writes into its folder (docs/cli.md lists them).
+DEMO_FILES = ("inputs.png", "feature_maps_conv_1.png", "feature_maps_conv_2.png", "histograms.png", "graph.png",
+              "shapes_cnn.keras", "shapes.npy")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from kerasurgery.cli import demo
 
+    existing = [name for name in DEMO_FILES if os.path.lexists(os.path.join(args.out, name))]
+    if existing and not args.overwrite:
+        raise DataError(
+            f"Expected a folder without the demo's files. Received: {args.out!r}, which holds "
+            f"{', '.join(existing)} already. Pass --overwrite to replace them, or choose another folder."
+        )
     demo.run(args.out, epochs=args.epochs)
     return 0
 
@@ -111,13 +122,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_graph(args: argparse.Namespace) -> int:
     from kerasurgery.ir.export import GRAPH_FORMATS, IMAGE_FORMATS, write_graph
 
+    _output(args, args.output, GRAPH_FORMATS, "a graph file")
     model = _load(args)
-    _output(args.output, GRAPH_FORMATS, "a graph file")
-    if args.output.lower().endswith(IMAGE_FORMATS):
-        ks.plot.save_graph(model, args.output, highlight=args.highlight or None, engine=args.engine)
-        fmt = os.path.splitext(args.output)[1].lower().lstrip(".")
-    else:
-        fmt = write_graph(model, args.output, highlight=args.highlight or None)
+    with written_to(args.output) as temp:
+        if args.output.lower().endswith(IMAGE_FORMATS):
+            ks.plot.save_graph(model, temp, highlight=args.highlight or None, engine=args.engine)
+            fmt = os.path.splitext(args.output)[1].lower().lstrip(".")
+        else:
+            fmt = write_graph(model, temp, highlight=args.highlight or None)
     print(f"wrote the graph of '{model.name}' ({len(ks.to_graph(model))} nodes) as {fmt} to {args.output}")
     return 0
 
@@ -125,14 +137,14 @@ def cmd_graph(args: argparse.Namespace) -> int:
 def cmd_split(args: argparse.Namespace) -> int:
     from kerasurgery.equivalence import compare
 
+    _output(args, args.output, (".keras",), "a model file")
     model = _load(args)
-    _output(args.output, (".keras",), "a model file")
     split = ks.split_activations(model, args.layers or None)
     before = {layer.name for layer in all_layers(model)}
     added = [layer.name for layer in split.layers if layer.name not in before]
     report = compare(model, split, _check_inputs(model, args.data, limit=64))
     worst = max(r["max_abs"] for r in report.values())
-    split.save(args.output)
+    _save_model(split, args.output)
     print(f"split {len(added)} activation(s) into their own layers: {', '.join(added)}")
     print(f"outputs equal the original's: max abs difference {worst:.3g} "
           f"({'on --data' if args.data else 'on random inputs'})")
@@ -141,10 +153,10 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_expose(args: argparse.Namespace) -> int:
+    _output(args, args.output, (".keras",), "a model file")
     model = _load(args)
-    _output(args.output, (".keras",), "a model file")
     probe = ks.expose(model, args.points, keep_outputs=args.keep_outputs)
-    probe.save(args.output)
+    _save_model(probe, args.output)
     print(f"probe model '{probe.name}' with {len(probe.output)} output(s), sharing the original's weights:")
     _print_columns([(name, _shape(tensor)) for name, tensor in probe.output.items()])
     print(f"wrote {args.output}  (load it with `import kerasurgery` then keras.saving.load_model)")
@@ -152,8 +164,8 @@ def cmd_expose(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
+    _output(args, args.output, (".h5", ".hdf5"), "an HDF5 file")
     model = _load(args)
-    _output(args.output, (".h5", ".hdf5"), "an HDF5 file")
     data = _check_inputs(model, args.data, limit=args.limit)
     from kerasurgery.runtime.collect import collect
 
@@ -173,16 +185,18 @@ def cmd_collect(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from kerasurgery.cli.point_table import format_table
 
-    model = _load(args)
-    _output(args.output, (".json",), "a JSON file")
+    _output(args, args.output, (".json",), "a JSON file")
     if args.histograms:
-        _output(args.histograms, (".png", ".svg", ".pdf"), "an image file")
+        _output(args, args.histograms, (".png", ".svg", ".pdf"), "an image file", flag="--histograms",
+                also={"output": args.output})
+    model = _load(args)
     data = _check_inputs(model, args.data, limit=args.limit)
     from kerasurgery.stats.calibrate import calibrate
 
     stats = calibrate(model, data, args.points or None, batch_size=args.batch_size, progress=_progress(args),
                       sample=args.sample)
-    stats.to_json(args.output, indent=1)
+    with written_to(args.output) as temp:
+        stats.to_json(temp, indent=1)
     rows = [
         {"address": a, "min": f"{s.min:.4g}", "max": f"{s.max:.4g}", "mean": f"{s.mean:.4g}",
          "std": f"{s.std:.4g}", "zeros": f"{s.zero_fraction:.1%}"}
@@ -195,10 +209,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         import matplotlib.pyplot as plt
 
         fig = ks.plot.histograms(stats, log=True, max_points=args.max_plots, title=f"{model.name}: calibration")
-        fig.savefig(args.histograms, dpi=100)
-        plt.close(fig)
+        try:
+            with written_to(args.histograms) as temp:
+                fig.savefig(temp, dpi=100)
+        finally:
+            plt.close(fig)
         print(f"wrote {args.histograms}")
     return 0
+
+
+def _save_model(model: Any, path: str) -> None:
+    """``model.save`` to a temporary file renamed into place: never half a model at `path`."""
+    with written_to(path) as temp:
+        model.save(temp)
 
 
 def _count(data: Any) -> int:

@@ -1,8 +1,11 @@
-"""Reading a user's files: a saved model and a data file that must fit it.
+"""A user's files: a saved model and data that must fit it; the files a command writes.
 
-Both functions check what can be checked before Keras or the model sees the
-input, so a wrong file gets one clear `KerasurgeryError` naming the file,
-what was expected and what to do, instead of a traceback from deep inside.
+`load_model` and `load_data` check what can be checked before Keras or the
+model sees the input, so a wrong file gets one clear `KerasurgeryError`
+naming the file, what was expected and what to do, instead of a traceback
+from deep inside. `check_output` refuses, before anything runs, an output
+that is one of the command's inputs (whatever its spelling: ``./m.keras``, a
+symlink, a hard link) or an existing file without ``--overwrite``.
 
 Example:
     >>> import keras, numpy as np, os, tempfile
@@ -42,6 +45,66 @@ def _existing_file(path: str, what: str, suffixes: tuple[str, ...]) -> None:
         raise DataError(
             f"Expected {what} ending in {' or '.join(suffixes)}. Received: {path!r}."
         )
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True if `a` and `b` name the same file (resolved real paths, or the same inode)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(
+    path: str,
+    flag: str,
+    *,
+    suffixes: tuple[str, ...],
+    what: str,
+    inputs: dict[str, str | None],
+    overwrite: bool,
+) -> str:
+    """Check a file a command will write, before anything runs.
+
+    Args:
+        path: the output file.
+        flag: how the user gave it (``"-o"``), for messages.
+        suffixes: the suffixes accepted (they pick the format).
+        what: what the file is (``"a model file"``), for messages.
+        inputs: ``{what: path}`` of every file the command reads (None:
+            not given); the output may be none of them, even with
+            ``--overwrite``.
+        overwrite: whether an existing file may be replaced.
+
+    Returns:
+        `path`.
+
+    Raises:
+        DataError: wrong suffix, missing folder, a folder, one of the
+            inputs, or an existing file without `overwrite`.
+    """
+    for name, source in inputs.items():
+        if source and same_file(path, source):
+            raise DataError(
+                f"Expected {flag} to name a file other than the command's inputs. Received: {flag} {path!r}, "
+                f"which is the {name} {source!r}. Choose another output name (--overwrite never "
+                "replaces an input)."
+            )
+    if not path.lower().endswith(suffixes):
+        raise DataError(f"Expected {what} ending in {' or '.join(suffixes)}. Received: {flag} {path!r}.")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise DataError(f"Expected an existing folder for {flag} {path!r}. Received: {folder!r} does not exist.")
+    if os.path.isdir(path):
+        raise DataError(f"Expected {flag} to name a file. Received: {path!r}, which is a folder.")
+    if os.path.lexists(path) and not overwrite:
+        raise DataError(
+            f"Expected {flag} to name a new file. Received: {path!r}, which already exists. "
+            "Pass --overwrite to replace it, or choose another name."
+        )
+    return path
 
 
 def load_model(path: str | os.PathLike, *, unsafe: bool = False) -> Any:

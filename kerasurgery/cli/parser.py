@@ -55,6 +55,11 @@ def _data_arguments(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (never the command's own inputs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``kerasurgery`` command."""
     parser = _Parser(prog="kerasurgery", description="See inside and rewrite Keras 3 models.",
@@ -69,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "ranges. Writes feature maps, histograms and a graph drawing.")
     p.add_argument("--out", default="kerasurgery-demo", metavar="DIR", help="output folder (./kerasurgery-demo)")
     p.add_argument("--epochs", type=int, default=4, metavar="N", help="training epochs (4)")
+    _overwrite(p)
     p.set_defaults(func="cmd_demo")
 
     p = sub.add_parser("inspect", parents=[model], help="table of points: address, class, shape, activation, params",
@@ -84,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--highlight", nargs="+", metavar="POINT", help="points to mark in red")
     p.add_argument("--engine", choices=("auto", "graphviz", "matplotlib"), default="auto",
                    help="drawing engine for .svg/.png/.pdf (auto)")
+    _overwrite(p)
     p.set_defaults(func="cmd_graph")
 
     p = sub.add_parser("split", parents=[model], help="copy with fused activations as separate layers",
@@ -92,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.keras", help="the model file to write")
     p.add_argument("--layers", nargs="+", metavar="NAME", help="only these layers (names or globs); default all")
     p.add_argument("--data", metavar="FILE", help="check equality on these inputs instead of random ones")
+    _overwrite(p)
     p.set_defaults(func="cmd_split")
 
     p = sub.add_parser("expose", parents=[model], help="probe model whose outputs are the given points",
@@ -100,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("points", nargs="+", metavar="POINT", help="addresses or globs")
     p.add_argument("-o", "--output", required=True, metavar="OUT.keras", help="the model file to write")
     p.add_argument("--keep-outputs", action="store_true", help="also return the model's own outputs")
+    _overwrite(p)
     p.set_defaults(func="cmd_expose")
 
     p = sub.add_parser("collect", parents=[model], help="activations of points over a dataset, to HDF5",
@@ -108,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arguments(p, required=True)
     p.add_argument("-o", "--output", required=True, metavar="acts.h5", help="the HDF5 file to write")
     p.add_argument("--training", action="store_true", help="run Dropout/BatchNorm in training mode")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _overwrite(p)
     p.set_defaults(func="cmd_collect")
 
     p = sub.add_parser("calibrate", parents=[model], help="value ranges and histograms of points, to JSON",
@@ -123,5 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
                    f"point (min and max always see all); 'all' for exact statistics ({DEFAULT_SAMPLE})")
     p.add_argument("--histograms", metavar="FILE.png", help="also draw the histograms")
     p.add_argument("--max-plots", type=int, default=16, metavar="N", help="at most N histogram panels (16)")
+    _overwrite(p)
     p.set_defaults(func="cmd_calibrate")
     return parser

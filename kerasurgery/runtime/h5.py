@@ -9,7 +9,9 @@ Shared by `collect(path=...)` and `ActivationRecorder(path=...)`:
 - `PendingFile`: the file is written under a hidden temporary name next to
   the target and renamed into place only when complete, so an interrupted run
   never leaves a file that looks complete. The file is created with the
-  permissions of any new file (the umask applies).
+  permissions of any new file (the umask applies);
+- `temporary_path` / `written_to`: the same temporary-name-then-rename for
+  files written by other code (JSON, ``.npz``, ``model.save``, drawings).
 
 Example:
     >>> from kerasurgery.runtime.h5 import h5_name, address_of
@@ -19,8 +21,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +67,42 @@ def create_dataset(file: Any, address: str, shape: tuple, dtype: np.dtype, *, ro
     return ds
 
 
+def temporary_path(path: Any) -> Path:
+    """A hidden, unused name next to `path` with the same suffix (``.acts.1f2e3d4c.tmp.h5``).
+
+    The suffix is kept because some writers pick the format from it
+    (``model.save`` wants ``.keras``; drawings their image type).
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    return folder / f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}"
+
+
+@contextlib.contextmanager
+def written_to(path: Any) -> Iterator[Path]:
+    """Yield a temporary path to write; rename it to `path` if the block succeeds.
+
+    If the block raises (or is interrupted), the temporary file is removed and
+    `path` is left as it was. The file is created by whoever writes it, so it
+    gets the permissions of any new file (the umask applies).
+
+    Example:
+        >>> import os, tempfile
+        >>> target = os.path.join(tempfile.mkdtemp(), "notes.txt")
+        >>> with written_to(target) as temp:
+        ...     _ = temp.write_text("done")
+        >>> open(target).read(), sorted(os.listdir(os.path.dirname(target)))
+        ('done', ['notes.txt'])
+    """
+    temp = temporary_path(path)
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+
+
 class PendingFile:
     """An HDF5 file written under a hidden temporary name, renamed into place when complete.
 
@@ -80,8 +120,7 @@ class PendingFile:
     def open(self, *, copy_of: Path | None = None) -> Any:
         import h5py
 
-        folder = self.path.parent if str(self.path.parent) else Path(".")
-        self.temp = folder / f".{self.path.name}.{secrets.token_hex(4)}.tmp"
+        self.temp = temporary_path(self.path)
         if copy_of is not None:
             import shutil
 
