@@ -157,7 +157,7 @@ CLI = [
     ("corrupt-keras-file", ["split", "{d}/corrupt.keras", "-o", "{o}/out.keras"], "corrupt.keras"),
     ("lambda-needs-unsafe", ["inspect", "{d}/lambda.keras"], "--unsafe"),
     ("unknown-point", ["expose", "{d}/mlp.keras", "dense_11", "-o", "{o}/p.keras"], "dense_1"),
-    ("unknown-split-layer", ["split", "{d}/mlp.keras", "--layers", "nope", "-o", "{o}/s.keras"], "nope"),
+    ("unknown-split-layer", ["split", "{d}/mlp.keras", "--points", "nope", "-o", "{o}/s.keras"], "nope"),
     ("bad-data-shape", ["collect", "{d}/mlp.keras", "--data", "{d}/wrong.npy", "-o", "{o}/a.h5"], "8|5"),
     ("missing-data-file", ["calibrate", "{d}/mlp.keras", "--data", "{d}/none.npy", "-o", "{o}/r.json"],
      "none.npy"),

@@ -106,14 +106,14 @@ class TestInspect:
         assert lines[-1] == "16 point(s); 792 parameters (776 trainable)"
 
     def test_pattern_and_json(self, capsys, files):
-        code, out, _ = run(capsys, "inspect", files["attention"], "--pattern", "*:scores", "--json")
+        code, out, _ = run(capsys, "inspect", files["attention"], "--points", "*:scores", "--json")
         assert code == 0
         rows = json.loads(out)
         assert [r["address"] for r in rows] == ["mha:scores", "gqa:scores"]
         assert rows[0]["shape"] == "(None, 2, 5, 5)" and rows[0]["layer"] == "MultiHeadAttention"
 
     def test_nested_call_sites(self, capsys, files):
-        code, out, _ = run(capsys, "inspect", files["siamese"], "--pattern", "encoder/*")
+        code, out, _ = run(capsys, "inspect", files["siamese"], "--points", "encoder/*")
         assert code == 0
         assert [line.split()[0] for line in out.splitlines()[3:-1]] == ["encoder/proj@0", "encoder/proj@1"]
 
@@ -122,7 +122,7 @@ class TestGraph:
     @pytest.mark.parametrize("suffix", ["svg", "png", "dot", "graphml", "json"])
     def test_every_format(self, capsys, files, tmp_path, suffix):
         path = tmp_path / f"model.{suffix}"
-        code, out, err = run(capsys, "graph", files["cnn_bn"], "-o", path, "--highlight", "conv:pre",
+        code, out, err = run(capsys, "graph", files["cnn_bn"], "-o", path, "--points", "conv:pre",
                              "--engine", "matplotlib")
         assert code == 0, err
         assert path.stat().st_size > 100
@@ -142,7 +142,7 @@ class TestSplit:
 
     def test_some_layers_checked_on_data(self, capsys, files, tmp_path):
         path = tmp_path / "split.keras"
-        code, out, _ = run(capsys, "split", files["cnn_bn"], "-o", path, "--layers", "conv", "predictions",
+        code, out, _ = run(capsys, "split", files["cnn_bn"], "-o", path, "--points", "conv", "predictions",
                            "--data", files["images"])
         assert code == 0
         assert "2 activation(s)" in out and "on --data" in out
@@ -244,7 +244,7 @@ class TestCalibrate:
 
 class TestDemo:
     def test_demo_writes_real_pictures(self, capsys, tmp_path):
-        code, out, err = run(capsys, "demo", "--out", tmp_path / "demo")
+        code, out, err = run(capsys, "demo", "-o", tmp_path / "demo")
         assert code == 0, err
         written = sorted(os.listdir(tmp_path / "demo"))
         pictures = ["inputs.png", "feature_maps_conv_1.png", "feature_maps_conv_2.png", "histograms.png", "graph.png"]
@@ -257,11 +257,74 @@ class TestDemo:
         assert str(tmp_path / "demo") in out
         # the files it leaves are what the next commands it suggests need
         model, data = tmp_path / "demo" / "shapes_cnn.keras", tmp_path / "demo" / "shapes.npy"
-        code, out, err = run(capsys, "inspect", model, "--pattern", "conv_*")
+        code, out, err = run(capsys, "inspect", model, "--points", "conv_*")
         assert code == 0 and "conv_3" in out, err
         code, _, err = run(capsys, "calibrate", model, "--data", data, "--points", "*:pre", "-o",
                            tmp_path / "r.json", "--quiet")
         assert code == 0, err
+
+
+# ---------------------------------------------------------------------------
+# one spelling per flag: --points selects, -o/--output names the output
+
+SELECTING = ("inspect", "graph", "split", "expose", "collect", "calibrate")
+WRITING = ("demo", "graph", "split", "expose", "collect", "calibrate")
+OLD_SPELLINGS = {"inspect": "--pattern", "split": "--layers", "graph": "--highlight", "demo": "--out"}
+
+
+@pytest.mark.parametrize("command", sorted(set(SELECTING) | set(WRITING)))
+def test_one_spelling_per_flag(capsys, command):
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0
+    if command in SELECTING:
+        assert "--points POINT [POINT ...]" in out
+    if command in WRITING:
+        assert "-o " in out and ", --output " in out
+    for old in ("--pattern", "--layers", "--highlight", "--out "):
+        assert old not in out  # old spellings are hidden
+
+
+class TestDeprecatedSpellings:
+    def test_inspect_pattern(self, capsys, files):
+        new = run(capsys, "inspect", files["cnn_bn"], "--points", "*:pre", "--json")
+        old = run(capsys, "inspect", files["cnn_bn"], "--pattern", "*:pre", "--json")
+        assert new[0] == old[0] == 0 and new[1] == old[1] and json.loads(old[1])
+        assert old[2] == "kerasurgery inspect: warning: --pattern is deprecated; use --points (same values)\n"
+
+    def test_split_layers(self, capsys, files, tmp_path):
+        code, out, err = run(capsys, "split", files["cnn_bn"], "--layers", "conv", "-o", tmp_path / "s.keras")
+        assert code == 0 and "1 activation(s)" in out and "--layers is deprecated; use --points" in err
+
+    def test_graph_highlight(self, capsys, files, tmp_path):
+        new, old = tmp_path / "new.dot", tmp_path / "old.dot"
+        assert run(capsys, "graph", files["cnn_bn"], "--points", "conv:pre", "-o", new)[0] == 0
+        code, _, err = run(capsys, "graph", files["cnn_bn"], "--highlight", "conv:pre", "-o", old)
+        assert code == 0 and "--highlight is deprecated" in err
+        assert old.read_text() == new.read_text() and "penwidth=3" in new.read_text()
+
+    def test_demo_out(self):
+        from kerasurgery.cli.parser import build_parser, parse_args
+
+        args = parse_args(build_parser(), ["demo", "--out", "somewhere"])
+        assert args.output == "somewhere" and args.deprecated == [("--out", "-o/--output")]
+
+
+class TestPointsEverywhere:
+    def test_expose_takes_points_flag_and_positionals(self, capsys, files, tmp_path):
+        flag, both = tmp_path / "flag.keras", tmp_path / "both.keras"
+        code, out, err = run(capsys, "expose", files["cnn_bn"], "--points", "conv", "dw:pre", "-o", flag)
+        assert code == 0, err
+        assert list(keras.saving.load_model(flag).output) == ["conv", "dw:pre"]
+        code, out, err = run(capsys, "expose", files["cnn_bn"], "conv", "--points", "dw:pre", "-o", both)
+        assert code == 0, err
+        assert list(keras.saving.load_model(both).output) == ["conv", "dw:pre"]
+
+    def test_inspect_takes_several_points(self, capsys, files):
+        code, out, err = run(capsys, "inspect", files["cnn_bn"], "--points", "conv", "*:pre", "--points", "bn",
+                             "--json")
+        assert code == 0, err
+        expected = ["conv", *ks.points(zoo.cnn_bn(), "*:pre"), "bn"]
+        assert [row["address"] for row in json.loads(out)] == list(dict.fromkeys(expected))
 
 
 # ---------------------------------------------------------------------------
@@ -352,7 +415,7 @@ def test_every_writing_command_has_overwrite(capsys):
 
 def test_demo_refuses_a_folder_with_its_files(capsys, tmp_path):
     (tmp_path / "graph.png").write_bytes(b"keep me")
-    code, out, err = run(capsys, "demo", "--out", tmp_path)
+    code, out, err = run(capsys, "demo", "-o", tmp_path)
     assert_one_line_error(code, err, "graph.png already")
     assert (tmp_path / "graph.png").read_bytes() == b"keep me" and os.listdir(tmp_path) == ["graph.png"]
 
@@ -371,8 +434,10 @@ BAD = {
     "unknown point shows the CLI discovery call": (["expose", "{cnn_bn}", "conv_9", "-o", "{dir}/p.keras"],
                                                    "kerasurgery inspect"),
     "port the layer lacks": (["expose", "{cnn_bn}", "bn:pre", "-o", "{dir}/p.keras"], "has no ':pre' port"),
-    "glob matching nothing": (["inspect", "{cnn_bn}", "--pattern", "zz*"], "matches none"),
-    "split of a layer without activation": (["split", "{cnn_bn}", "-o", "{dir}/s.keras", "--layers", "bn"],
+    "glob matching nothing": (["inspect", "{cnn_bn}", "--points", "zz*"], "matches none"),
+    "unknown address in inspect": (["inspect", "{cnn_bn}", "--points", "conv", "convv"], "Closest valid addresses"),
+    "expose without points": (["expose", "{cnn_bn}", "-o", "{dir}/p.keras"], "at least one POINT"),
+    "split of a layer without activation": (["split", "{cnn_bn}", "-o", "{dir}/s.keras", "--points", "bn"],
                                             "nothing to split"),
     "output model suffix": (["split", "{cnn_bn}", "-o", "{dir}/s.h5"], "ending in .keras"),
     "output folder missing": (["expose", "{cnn_bn}", "conv", "-o", "{dir}/no/such/p.keras"], "does not exist"),

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import kerasurgery as ks
-from kerasurgery.errors import AddressError, DataError
+from kerasurgery.errors import DataError
 from kerasurgery.keras_internals import all_layers
 from kerasurgery.runtime.h5 import written_to
 
@@ -87,13 +87,13 @@ DEMO_FILES = ("inputs.png", "feature_maps_conv_1.png", "feature_maps_conv_2.png"
 def cmd_demo(args: argparse.Namespace) -> int:
     from kerasurgery.cli import demo
 
-    existing = [name for name in DEMO_FILES if os.path.lexists(os.path.join(args.out, name))]
+    existing = [name for name in DEMO_FILES if os.path.lexists(os.path.join(args.output, name))]
     if existing and not args.overwrite:
         raise DataError(
-            f"Expected a folder without the demo's files. Received: {args.out!r}, which holds "
+            f"Expected a folder without the demo's files. Received: {args.output!r}, which holds "
             f"{', '.join(existing)} already. Pass --overwrite to replace them, or choose another folder."
         )
-    demo.run(args.out, epochs=args.epochs)
+    demo.run(args.output, epochs=args.epochs)
     return 0
 
 
@@ -101,14 +101,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from kerasurgery.cli.point_table import format_table, point_table
 
     model = _load(args)
-    rows = point_table(model, args.pattern)
-    if not rows:
-        raise AddressError(
-            f"Expected --pattern to match at least one point of model '{model.name}'. "
-            f"Received: {args.pattern!r}, which matches none (a pattern without ':' skips ':pre' "
-            "and ':scores' points; try '*:pre').",
-            address=args.pattern,
-        )
+    rows = point_table(model, args.points)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -126,10 +119,10 @@ def cmd_graph(args: argparse.Namespace) -> int:
     model = _load(args)
     with written_to(args.output) as temp:
         if args.output.lower().endswith(IMAGE_FORMATS):
-            ks.plot.save_graph(model, temp, highlight=args.highlight or None, engine=args.engine)
+            ks.plot.save_graph(model, temp, highlight=args.points, engine=args.engine)
             fmt = os.path.splitext(args.output)[1].lower().lstrip(".")
         else:
-            fmt = write_graph(model, temp, highlight=args.highlight or None)
+            fmt = write_graph(model, temp, highlight=args.points)
     print(f"wrote the graph of '{model.name}' ({len(ks.to_graph(model))} nodes) as {fmt} to {args.output}")
     return 0
 
@@ -139,7 +132,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 
     _output(args, args.output, (".keras",), "a model file")
     model = _load(args)
-    split = ks.split_activations(model, args.layers or None)
+    split = ks.split_activations(model, args.points)
     before = {layer.name for layer in all_layers(model)}
     added = [layer.name for layer in split.layers if layer.name not in before]
     report = compare(model, split, _check_inputs(model, args.data, limit=64))

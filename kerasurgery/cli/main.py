@@ -2,11 +2,11 @@
 
 ::
 
-    kerasurgery demo [--out DIR]
-    kerasurgery inspect MODEL.keras [--pattern GLOB] [--json]
-    kerasurgery graph MODEL.keras -o FILE(.svg/.png/.pdf/.dot/.graphml/.json)
-    kerasurgery split MODEL.keras -o OUT.keras [--layers NAME ...]
-    kerasurgery expose MODEL.keras POINT ... -o OUT.keras [--keep-outputs]
+    kerasurgery demo [-o DIR]
+    kerasurgery inspect MODEL.keras [--points P ...] [--json]
+    kerasurgery graph MODEL.keras -o FILE(.svg/.png/.pdf/.dot/.graphml/.json) [--points P ...]
+    kerasurgery split MODEL.keras -o OUT.keras [--points NAME ...]
+    kerasurgery expose MODEL.keras [POINT ...] [--points P ...] -o OUT.keras [--keep-outputs]
     kerasurgery collect MODEL.keras --data FILE(.npy/.npz) [--points P ...] -o acts.h5
     kerasurgery calibrate MODEL.keras --data FILE [--points P ...] -o ranges.json
 
@@ -30,7 +30,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from kerasurgery.cli.parser import EXIT_USAGE, build_parser
+from kerasurgery.cli.parser import EXIT_USAGE, build_parser, parse_args
 from kerasurgery.errors import KerasurgeryError
 
 
@@ -72,13 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse_args(parser, None if argv is None else list(argv))
     except SystemExit as e:
         return int(e.code or 0)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
     prog = f"kerasurgery {args.command}"
+    for old, new in args.deprecated:
+        print(f"{prog}: warning: {old} is deprecated; use {new} (same values)", file=sys.stderr)
     try:
         with _quiet(prog):
             from kerasurgery.cli import commands

@@ -3,6 +3,12 @@
 `build_parser` imports neither Keras nor a backend, so ``--help``,
 ``--version`` and argument errors answer at once; each command names its
 function in `kerasurgery.cli.commands`, imported only to run it.
+
+One spelling per flag: every command selects points with ``--points P ...``
+(addresses or globs, several values, repeatable) and names its output with
+``-o/--output``. The old spellings (``inspect --pattern``, ``split --layers``,
+``graph --highlight``, ``demo --out``) still work, hidden from ``--help``; each
+use is listed in ``args.deprecated`` for `kerasurgery.cli.main` to warn about.
 """
 
 from __future__ import annotations
@@ -35,6 +41,36 @@ def _sample_size(text: str) -> int | None:
     return value
 
 
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: fills the same destination, and is noted in ``deprecated``."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, new: str, **kwargs: object):
+        self.new = new
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        if isinstance(values, list):
+            values = [*(getattr(namespace, self.dest, None) or []), *values]
+        setattr(namespace, self.dest, values)
+        namespace.deprecated = [*getattr(namespace, "deprecated", []), (option_string, self.new)]
+
+
+def _points(p: argparse.ArgumentParser, help: str, *, alias: str | None = None, required: bool = False) -> None:
+    """``--points P ...``: addresses or globs (several values; repeatable), plus an old spelling."""
+    p.add_argument("--points", nargs="+", action="extend", metavar="POINT", required=required, help=help)
+    if alias:
+        p.add_argument(alias, dest="points", nargs="+", metavar="POINT", action=_DeprecatedAlias, new="--points")
+
+
+def _output(p: argparse.ArgumentParser, metavar: str, help: str, *, default: str | None = None,
+            alias: str | None = None) -> None:
+    """``-o/--output``: the file (or folder) a command writes, plus an old spelling."""
+    p.add_argument("-o", "--output", required=default is None, default=default, metavar=metavar, help=help)
+    if alias:
+        p.add_argument(alias, dest="output", metavar=metavar, action=_DeprecatedAlias, new="-o/--output")
+
+
 def _model_parent() -> _Parser:
     parent = _Parser(add_help=False)
     parent.add_argument("model", metavar="MODEL", help="a saved model: MODEL.keras (or legacy .h5)")
@@ -48,8 +84,8 @@ def _model_parent() -> _Parser:
 def _data_arguments(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--data", required=required, metavar="FILE",
                    help="inputs as .npy (one input) or .npz (one array per input, named after it)")
-    p.add_argument("--points", nargs="+", metavar="POINT",
-                   help="addresses or globs, e.g. conv_1 'block_*:pre' (see `kerasurgery inspect`)")
+    _points(p, "addresses or globs, e.g. conv_1 'block_*:pre' (see `kerasurgery inspect`); default: "
+            + ("every point" if p.prog.endswith("calibrate") else "every layer output"))
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="samples per forward pass (32)")
     p.add_argument("--limit", type=int, metavar="N", help="use only the first N samples")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -66,28 +102,29 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog="Run `kerasurgery demo` for a tour; `kerasurgery COMMAND --help` for details.")
     parser.add_argument("--version", action="version", version=f"kerasurgery {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser.commands = sub.choices  # type: ignore[attr-defined]
     model = _model_parent()
 
     p = sub.add_parser("demo", help="train a tiny model and show every job; writes pictures",
                        description="Build and briefly train a small CNN on shapes it draws itself, then "
                        "show logits, a split model, a probe pair, collected activations and calibration "
                        "ranges. Writes feature maps, histograms and a graph drawing.")
-    p.add_argument("--out", default="kerasurgery-demo", metavar="DIR", help="output folder (./kerasurgery-demo)")
+    _output(p, "DIR", "output folder (./kerasurgery-demo)", default="kerasurgery-demo", alias="--out")
     p.add_argument("--epochs", type=int, default=4, metavar="N", help="training epochs (4)")
     _overwrite(p)
     p.set_defaults(func="cmd_demo")
 
     p = sub.add_parser("inspect", parents=[model], help="table of points: address, class, shape, activation, params",
                        description="List every point of the model that expose/collect/calibrate accept.")
-    p.add_argument("--pattern", metavar="GLOB", help="only addresses matching GLOB, e.g. 'conv*' or '*:pre'")
+    _points(p, "only these addresses or globs, e.g. 'conv*' '*:pre'", alias="--pattern")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func="cmd_inspect")
 
     p = sub.add_parser("graph", parents=[model], help="draw or export the model's graph",
                        description="Write the graph; the suffix of FILE picks the format: .svg .png .pdf "
                        "(drawing; Graphviz when installed, else matplotlib), .dot, .graphml, .json.")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the file to write")
-    p.add_argument("--highlight", nargs="+", metavar="POINT", help="points to mark in red")
+    _output(p, "FILE", "the file to write")
+    _points(p, "points to mark in red (addresses or globs)", alias="--highlight")
     p.add_argument("--engine", choices=("auto", "graphviz", "matplotlib"), default="auto",
                    help="drawing engine for .svg/.png/.pdf (auto)")
     _overwrite(p)
@@ -96,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("split", parents=[model], help="copy with fused activations as separate layers",
                        description="Write a copy of the model in which each fused activation (Dense(..., "
                        "activation='relu'), Conv2D, ...) is its own Activation layer; outputs are checked equal.")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.keras", help="the model file to write")
-    p.add_argument("--layers", nargs="+", metavar="NAME", help="only these layers (names or globs); default all")
+    _output(p, "OUT.keras", "the model file to write")
+    _points(p, "only these layers (names or globs); default every layer with a fused activation",
+            alias="--layers")
     p.add_argument("--data", metavar="FILE", help="check equality on these inputs instead of random ones")
     _overwrite(p)
     p.set_defaults(func="cmd_split")
@@ -105,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("expose", parents=[model], help="probe model whose outputs are the given points",
                        description="Write a model returning {address: tensor} for the points, sharing "
                        "weights with the original. Addresses: name, nested/name, name:pre, mha:scores, globs.")
-    p.add_argument("points", nargs="+", metavar="POINT", help="addresses or globs")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.keras", help="the model file to write")
+    p.add_argument("positional_points", nargs="*", metavar="POINT", help="addresses or globs (or --points)")
+    _points(p, "addresses or globs, the same as POINT ...")
+    _output(p, "OUT.keras", "the model file to write")
     p.add_argument("--keep-outputs", action="store_true", help="also return the model's own outputs")
     _overwrite(p)
     p.set_defaults(func="cmd_expose")
@@ -115,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the model once over --data and stream the values of the points "
                        "(default: every layer output) to an HDF5 file, one dataset per address.")
     _data_arguments(p, required=True)
-    p.add_argument("-o", "--output", required=True, metavar="acts.h5", help="the HDF5 file to write")
+    _output(p, "acts.h5", "the HDF5 file to write")
     p.add_argument("--training", action="store_true", help="run Dropout/BatchNorm in training mode")
     _overwrite(p)
     p.set_defaults(func="cmd_collect")
@@ -125,8 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "percentiles and a histogram per point (default: every point, ':pre' and "
                        "':scores' included), e.g. ranges of '*:pre' for quantization.")
     _data_arguments(p, required=True)
-    p.add_argument("-o", "--output", required=True, metavar="ranges.json",
-                   help="the JSON file to write (read it back with kerasurgery.stats.Calibration.from_json)")
+    _output(p, "ranges.json", "the JSON file to write (read it back with kerasurgery.Calibration.from_json)")
     p.add_argument("--sample", type=_sample_size, default=DEFAULT_SAMPLE, metavar="N|all",
                    help=f"histograms, mean, std and zeros from at most N values per input sample of each "
                    f"point (min and max always see all); 'all' for exact statistics ({DEFAULT_SAMPLE})")
@@ -135,3 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
     _overwrite(p)
     p.set_defaults(func="cmd_calibrate")
     return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse `argv`, then join what one flag may be given in two ways.
+
+    ``expose``'s positional POINTs and its ``--points`` are one list (at
+    least one point is required). Raises SystemExit (status 2) on errors,
+    like `argparse.ArgumentParser.parse_args`.
+    """
+    args = parser.parse_args(argv)
+    args.deprecated = getattr(args, "deprecated", [])
+    if getattr(args, "command", None) == "expose":
+        args.points = [*args.positional_points, *(args.points or [])]
+        if not args.points:
+            parser.commands["expose"].error(  # type: ignore[attr-defined]
+                "expected at least one POINT (positional or --points)")
+    return args

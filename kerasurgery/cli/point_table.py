@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kerasurgery.address.selector import Selector
 from kerasurgery.ir.export import params_of, shape_text
 from kerasurgery.ir.from_keras import as_graph
 from kerasurgery.ir.resolve import Resolver
@@ -58,7 +59,7 @@ def scores_shape(graph: Any, key: str) -> tuple | None:
     return (query[0], heads, query[1], value[1])
 
 
-def point_table(model_or_graph: Any, pattern: str | None = None) -> list[dict]:
+def point_table(model_or_graph: Any, points: Selector | None = None) -> list[dict]:
     """One row per point: address, layer class, output shape, activation, params.
 
     ``:pre`` rows say which activation they come before; ``:scores`` rows give
@@ -68,15 +69,18 @@ def point_table(model_or_graph: Any, pattern: str | None = None) -> list[dict]:
 
     Args:
         model_or_graph: a model or a graph from `kerasurgery.to_graph`.
-        pattern: an fnmatch glob to keep only some addresses (see
-            `kerasurgery.points`).
+        points: only these points: addresses, globs, a list of them or a
+            predicate (see `kerasurgery.points`); None for every point.
 
     Returns:
         A list of dicts with keys `COLUMNS`; ``shape`` is text, ``params`` an int.
+
+    Raises:
+        AddressError: an unknown address, or a glob that matches nothing.
     """
     graph = as_graph(model_or_graph)
     resolver = Resolver(graph)
-    addresses = resolver.points() if pattern is None else resolver.match(pattern)
+    addresses = resolver.points() if points is None else list(resolver.select(points, what="--points"))
     counted: set[int] = set()
     rows = []
     for address in addresses:
