@@ -29,6 +29,7 @@ import numpy as np
 from kerasurgery.errors import DataError, ModelError
 from kerasurgery.ir.from_keras import to_graph
 from kerasurgery.ir.schema import map_structure
+from kerasurgery.runtime.sinks import check_writable
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 DATA_SUFFIXES = (".npy", ".npz")
@@ -83,7 +84,8 @@ def check_output(
 
     Raises:
         DataError: wrong suffix, missing folder, a folder, one of the
-            inputs, or an existing file without `overwrite`.
+            inputs, an existing file without `overwrite`, or a folder where
+            no file can be created.
     """
     for name, source in inputs.items():
         if source and same_file(path, source):
@@ -104,6 +106,7 @@ def check_output(
             f"Expected {flag} to name a new file. Received: {path!r}, which already exists. "
             "Pass --overwrite to replace it, or choose another name."
         )
+    check_writable(folder, f"{flag} {path!r}")
     return path
 
 

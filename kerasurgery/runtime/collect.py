@@ -84,7 +84,8 @@ def collect(
     Raises:
         AddressError: a point is not an address of `model`.
         DataError: the data does not fit the model, is empty, or would not fit
-            in memory; `path` is in a missing folder or exists already.
+            in memory; `path` is in a missing folder or in one where no file
+            can be created, or exists already. All checked before any batch runs.
 
     Example:
         >>> import keras, numpy as np, kerasurgery as ks

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,35 @@ def check_fits(per_sample: int, samples: int, n_points: int, *, exact: bool = Tr
     )
 
 
+def check_writable(folder: Any, what: str = "`path`") -> None:
+    """Raise a DataError naming `folder` unless a file can be created in it.
+
+    Tried for real (a hidden probe file is created and removed at once):
+    ``os.access`` says yes to root on a read-only mount, and a folder can be
+    full or have an ACL that only an attempt reveals.
+
+    Example:
+        >>> import tempfile
+        >>> check_writable(tempfile.mkdtemp()) is None
+        True
+    """
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".kerasurgery-write-check-", dir=os.fspath(folder))
+    except OSError as e:
+        raise DataError(
+            f"Expected {what} in a folder this process can write to. Received: folder '{folder}', where "
+            f"no file can be created ({e.strerror or e}). Choose another folder, or make this one writable."
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def check_path(path: Any, overwrite: bool) -> Path:
-    """`path` as a Path if it may be written, else a DataError saying why not."""
+    """`path` as a Path if it may be written, else a DataError saying why not.
+
+    Checked before anything runs: a file (not a folder) in an existing folder
+    where files can be created, not an existing file unless `overwrite`.
+    """
     try:
         p = Path(os.fspath(path))
     except TypeError:
@@ -91,6 +119,7 @@ def check_path(path: Any, overwrite: bool) -> Path:
             f"Expected `path` to be a new file. Received: path='{p}', which already exists. "
             "Pass `overwrite=True` to replace it, or choose another path."
         )
+    check_writable(parent)
     return p
 
 
