@@ -203,6 +203,22 @@ class TestCollect:
         assert run(capsys, "collect", files["nested_functional"], "--data", files["vectors"], "-o", path,
                    "--overwrite", "--quiet")[0] == 0
 
+    @pytest.mark.parametrize("suffix", [".json", ".npz", ".hdf5"])
+    def test_collect_to_every_format(self, capsys, files, tmp_path, suffix):
+        path = tmp_path / f"acts{suffix}"
+        code, out, err = run(capsys, "collect", files["nested_functional"], "--data", files["vectors"], "--points",
+                             "encoder/inner_dense", "head:pre", "-o", path, "--quiet")
+        assert code == 0, err
+        model = keras.saving.load_model(files["nested_functional"])
+        expected = ks.expose(model, ["encoder/inner_dense", "head:pre"]).predict(np.load(files["vectors"]), verbose=0)
+        with load_activations(path) as acts:
+            assert list(acts) == ["encoder/inner_dense", "head:pre"]
+            for address, value in expected.items():
+                np.testing.assert_allclose(np.asarray(acts[address]), value, atol=1e-6)
+        if suffix == ".json":
+            document = json.loads(path.read_text())
+            assert document["points"]["head:pre"]["shape"] == list(expected["head:pre"].shape)
+
     def test_multi_input_npz_and_limit(self, capsys, files, tmp_path):
         path = tmp_path / "acts.h5"
         code, out, err = run(capsys, "collect", files["multi_io"], "--data", files["multi"], "--points", "cat",
@@ -459,7 +475,8 @@ BAD_COLLECT = {
                                 "Received: an array of shape (12, 16, 3)"),
     "collect: unknown point": (["collect", "{cnn_bn}", "--data", "{images}", "--points", "convv", "-o",
                                 "{dir}/a.h5", "--quiet"], "'convv'"),
-    "collect: output suffix": (["collect", "{cnn_bn}", "--data", "{images}", "-o", "{dir}/a.npy"], ".h5"),
+    "collect: output suffix": (["collect", "{cnn_bn}", "--data", "{images}", "-o", "{dir}/a.npy"],
+                               ".h5 or .hdf5 or .json or .npz"),
     "collect: missing --data": (["collect", "{cnn_bn}", "-o", "{dir}/a.h5"], "--data"),
 }
 BAD_CALIBRATE = {

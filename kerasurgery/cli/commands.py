@@ -157,7 +157,9 @@ def cmd_expose(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    _output(args, args.output, (".h5", ".hdf5"), "an HDF5 file")
+    from kerasurgery.runtime.activations import FILE_FORMATS
+
+    _output(args, args.output, tuple(FILE_FORMATS), "an activations file")
     model = _load(args)
     data = _check_inputs(model, args.data, limit=args.limit)
     from kerasurgery.runtime.collect import collect

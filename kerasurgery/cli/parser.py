@@ -150,11 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     _overwrite(p)
     p.set_defaults(func="cmd_expose")
 
-    p = sub.add_parser("collect", parents=[model], help="activations of points over a dataset, to HDF5",
-                       description="Run the model once over --data and stream the values of the points "
-                       "(default: every layer output) to an HDF5 file, one dataset per address.")
+    p = sub.add_parser("collect", parents=[model], help="activations of points over a dataset, to a file",
+                       description="Run the model once over --data and write the values of the points "
+                       "(default: every layer output) to a file whose suffix picks the format: .h5/.hdf5 "
+                       "(HDF5, streamed batch by batch), .json (nested lists with shapes and dtypes, at most "
+                       "100 MB of values), .npz (one array per address).")
     _data_arguments(p, required=True)
-    _output(p, "acts.h5", "the HDF5 file to write")
+    _output(p, "acts.h5", "the file to write: .h5, .hdf5, .json or .npz")
     p.add_argument("--training", action="store_true", help="run Dropout/BatchNorm in training mode")
     _overwrite(p)
     p.set_defaults(func="cmd_collect")

@@ -16,17 +16,17 @@ import keras
 import numpy as np
 
 from kerasurgery.address.selector import Selector
-from kerasurgery.runtime.activations import Activations
+from kerasurgery.runtime.activations import FILE_FORMATS, Activations, check_json_size, file_format
 from kerasurgery.runtime.inputs import adapt, check_batch_size
 from kerasurgery.runtime.loop import run
 from kerasurgery.runtime.plan import Plan, plan_for
-from kerasurgery.runtime.sinks import H5Sink, MemorySink, check_fits, check_path
+from kerasurgery.runtime.sinks import ArrayFileSink, H5Sink, MemorySink, check_fits, check_path
 
 
-def _static_bytes(plan: Plan) -> int | None:
-    """Bytes per sample of the plan's distinct outputs, if their shapes are static."""
+def _static_bytes(plan: Plan, *, per_address: bool = False) -> int | None:
+    """Bytes per sample of the plan's distinct outputs (or of every address), if their shapes are static."""
     total = 0
-    for key in plan.unique:
+    for key in plan.keys.values() if per_address else plan.unique:
         t = plan.probe.output[key]
         if any(d is None for d in t.shape[1:]):
             return None
@@ -70,7 +70,13 @@ def collect(
             `kerasurgery.points`); None means every layer output.
         batch_size: rows per batch for arrays (batched sources keep theirs).
         training: run Dropout, BatchNormalization, ... in training mode.
-        path: stream to this HDF5 file (one dataset per point) instead of RAM.
+        path: write the activations to this file instead of returning
+            arrays; its suffix picks the format: ``.h5``/``.hdf5`` (HDF5,
+            streamed batch by batch, for any size), ``.json`` (one JSON
+            document of nested lists with shapes and dtypes; at most
+            100 MB of values) or ``.npz`` (one numpy array per address).
+            See `kerasurgery.runtime.activations`. Any other suffix is
+            refused before anything runs.
         progress: show a progress bar; None shows it when stdout is a terminal.
         overwrite: allow `path` to replace an existing file.
         steps: read at most this many batches.
@@ -78,14 +84,18 @@ def collect(
     Returns:
         ``{address: array}`` of shape ``(samples, *point shape)``, in the
         order of `points`; addresses naming the same tensor share one array.
-        With `path`, an `kerasurgery.Activations`: a dict of lazily
-        read ``h5py.Dataset`` with a ``close()`` method.
+        With `path`, a `kerasurgery.Activations` of the written file:
+        ``{address: values}`` (lazily read ``h5py.Dataset`` for HDF5, numpy
+        arrays for ``.json``/``.npz``), with ``attrs`` and ``close()``; a
+        context manager (``with ks.collect(..., path=p) as acts:``).
 
     Raises:
         AddressError: a point is not an address of `model`.
         DataError: the data does not fit the model, is empty, or would not fit
-            in memory; `path` is in a missing folder or in one where no file
-            can be created, or exists already. All checked before any batch runs.
+            in memory (or in a JSON file); `path` has an unknown suffix, is in
+            a missing folder or in one where no file can be created, or
+            exists already. All checked before any batch runs, except sizes
+            that only the data reveals.
 
     Example:
         >>> import keras, numpy as np, kerasurgery as ks
@@ -97,17 +107,23 @@ def collect(
         {'hidden:pre': (10, 8), 'out': (10, 2)}
     """
     batch_size = check_batch_size(batch_size)
-    target = check_path(path, overwrite) if path is not None else None
+    target = check_path(path, overwrite, tuple(FILE_FORMATS)) if path is not None else None
     plan = plan_for(model, points, training=training)
     source = adapt(data, plan.probe, batch_size=batch_size, steps=steps)
     per_sample = _static_bytes(plan)
-    if target is None and per_sample and source.num_samples:
+    in_memory = target is None or file_format(target) != "hdf5"
+    if in_memory and per_sample and source.num_samples:
         check_fits(per_sample, source.num_samples, len(plan.addresses))
+    attrs = {"model": model.name, "training": training, "points": list(plan.addresses)}
     if target is None:
         sink: Any = MemorySink(plan.keys, source.num_samples, source.num_batches)
-    else:
-        attrs = {"model": model.name, "training": training, "points": list(plan.addresses)}
+    elif file_format(target) == "hdf5":
         sink = H5Sink(target, plan.keys, source.num_samples, source.num_batches, attrs)
+    else:
+        every = _static_bytes(plan, per_address=True)
+        if file_format(target) == "json" and every and source.num_samples:
+            check_json_size(every * source.num_samples)
+        sink = ArrayFileSink(target, plan.keys, source.num_samples, source.num_batches, attrs)
     try:
         n = run(plan, source, sink, progress=progress)
         return sink.finish(n)

@@ -1,4 +1,4 @@
-"""Where `collect` puts activations: preallocated numpy arrays, or an HDF5 file.
+"""Where `collect` puts activations: preallocated numpy arrays, an HDF5 file, a JSON or .npz file.
 
 A sink is told the per-sample shape and dtype of every point once (from the
 first batch), then receives batches with their start row. `MemorySink`
@@ -6,7 +6,9 @@ preallocates one array per distinct tensor (growing geometrically only when
 the number of samples is unknown) and refuses up front a result larger than
 the available memory. `H5Sink` writes one chunked dataset per address into a
 temporary file next to the target, renamed into place only when every batch
-is written, so an error never leaves a half-written file behind.
+is written, so an error never leaves a half-written file behind. `ArrayFileSink`
+gathers the values in memory like `MemorySink` and writes one ``.json`` or
+``.npz`` file at the end (the formats are `kerasurgery.runtime.activations`).
 
 The HDF5 details (dataset names, chunks, the temporary file) are in
 `kerasurgery.runtime.h5`; reading a written file back is
@@ -29,7 +31,8 @@ import numpy as np
 
 from kerasurgery.errors import DataError
 from kerasurgery.runtime import backend
-from kerasurgery.runtime.activations import Activations
+from kerasurgery.runtime.activations import Activations, check_json_size, file_format, write_arrays
+from kerasurgery.runtime import h5
 from kerasurgery.runtime.h5 import PendingFile, create_dataset
 
 
@@ -94,11 +97,16 @@ def check_writable(folder: Any, what: str = "`path`") -> None:
     os.unlink(probe)
 
 
-def check_path(path: Any, overwrite: bool) -> Path:
+HDF5_SUFFIXES = (".h5", ".hdf5")
+
+
+def check_path(path: Any, overwrite: bool, suffixes: tuple[str, ...] = HDF5_SUFFIXES) -> Path:
     """`path` as a Path if it may be written, else a DataError saying why not.
 
-    Checked before anything runs: a file (not a folder) in an existing folder
-    where files can be created, not an existing file unless `overwrite`.
+    Checked before anything runs: a suffix among `suffixes` (it picks the
+    format; `ActivationRecorder` writes HDF5 only, `collect` any of
+    `kerasurgery.runtime.activations.FILE_FORMATS`), a file (not a folder) in an existing folder where files
+    can be created, not an existing file unless `overwrite`.
     """
     try:
         p = Path(os.fspath(path))
@@ -108,6 +116,13 @@ def check_path(path: Any, overwrite: bool) -> Path:
         ) from None
     if p.is_dir():
         raise DataError(f"Expected `path` to name a file. Received: path='{p}', which is a folder.")
+    if p.suffix.lower() not in suffixes:
+        formats = ("this writes HDF5 only" if tuple(suffixes) == HDF5_SUFFIXES else
+                   ".h5/.hdf5 for HDF5 (streamed to disk, any size), .json or .npz for small results")
+        raise DataError(
+            f"Expected `path` ending in {', '.join(suffixes)}. Received: path='{p}'. The suffix picks the "
+            f"format: {formats}."
+        )
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise DataError(
@@ -197,6 +212,46 @@ class MemorySink:
 
     def abort(self) -> None:
         self.arrays = {}
+
+
+class ArrayFileSink(MemorySink):
+    """Values gathered in memory (`MemorySink`), then written as one ``.json`` or ``.npz`` file.
+
+    A JSON result larger than `kerasurgery.runtime.activations.JSON_MAX_BYTES`
+    is refused as soon as its size is known (nothing is written).
+
+    Args:
+        path: the final file (already checked with `check_path`).
+        keys, samples, batches: as for `MemorySink`.
+        attrs: file attributes (model name, ...).
+    """
+
+    def __init__(self, path: Path, keys: dict[str, str], samples: int | None, batches: int | None, attrs: dict):
+        super().__init__(keys, samples, batches)
+        self.path = path
+        self.format = file_format(path)
+        self.attrs = attrs
+
+    def _check_size(self, rows: int, exact: bool) -> None:
+        if self.format == "json":
+            per_sample = sum(int(np.prod(self.shapes[k])) * h5.storable_dtype(self.dtypes[k]).itemsize
+                             for k in self.keys.values())
+            check_json_size(per_sample * rows, exact=exact)
+
+    def prepare(self, outputs: dict[str, Any], rows: int) -> None:
+        super().prepare(outputs, rows)
+        self._check_size(self.capacity, exact=self.samples is not None)
+
+    def write(self, start: int, rows: int, outputs: dict[str, Any]) -> None:
+        self._check_size(start + rows, exact=False)
+        super().write(start, rows, outputs)
+
+    def finish(self, n: int) -> Activations:
+        arrays = super().finish(n)
+        attrs = {**self.attrs, "num_samples": n}
+        write_arrays(self.path, arrays, attrs)
+        return Activations(self.path, arrays={a: v.astype(h5.storable_dtype(v.dtype), copy=False)
+                                              for a, v in arrays.items()}, attrs=attrs)
 
 
 class H5Sink:
