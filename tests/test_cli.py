@@ -265,6 +265,13 @@ class TestDemo:
         written = sorted(os.listdir(tmp_path / "demo"))
         pictures = ["inputs.png", "feature_maps_conv_1.png", "feature_maps_conv_2.png", "histograms.png", "graph.png"]
         assert written == sorted(pictures + ["shapes_cnn.keras", "shapes.npy"])
+        from kerasurgery.cli.commands import DEMO_FILES
+
+        assert sorted(DEMO_FILES) == written  # what --overwrite protects is what it writes
+        umask = os.umask(0)
+        os.umask(umask)
+        assert {name: oct(os.stat(tmp_path / "demo" / name).st_mode & 0o777) for name in written} == {
+            name: oct(0o666 & ~umask) for name in written}
         for name in pictures:
             image = plt.imread(tmp_path / "demo" / name)
             assert min(image.shape[:2]) > 150 and image.std() > 0.01, name

@@ -182,3 +182,89 @@ class TestFormats:
             ks.load_activations(tmp_path / "other.json")
         with pytest.raises(ks.DataError, match="ending in"):
             ks.load_activations(tmp_path / "acts.csv")
+
+
+# ---------------------------------------------------------------------------
+# every file is created like any other file: the umask applies (no private 0600 files)
+
+
+@pytest.fixture(params=[0o022, 0o027, 0o002], ids=lambda m: f"umask-{m:03o}")
+def umask(request):
+    old = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(old)
+
+
+def _mode(path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def _as_open_would(folder) -> int:
+    """The mode `open(path, "w")` gives a new file in `folder` under the current umask."""
+    reference = Path(folder) / ".reference"
+    with open(reference, "w"):
+        pass
+    mode = _mode(reference)
+    reference.unlink()
+    return mode
+
+
+def _written_by_functions(folder: Path) -> list[Path]:
+    import keras
+
+    import kerasurgery.plot  # noqa: F401
+    from kerasurgery.ir.export import write_graph
+
+    model = mlp()
+    paths = []
+    for suffix in (".h5", ".hdf5", ".json", ".npz"):
+        paths.append(folder / f"acts{suffix}")
+        ks.collect(model, X, ["dense_1", "dense_2:pre"], path=paths[-1], progress=False).close()
+    paths.append(folder / "records.h5")
+    recorder = ks.ActivationRecorder("dense_1", X, path=paths[-1])
+    recorder.set_model(model)
+    recorder.record(0)
+    recorder.record(1)  # appended to the existing file: its mode is kept
+    paths.append(folder / "ranges.json")
+    ks.calibrate(model, X, progress=False).to_json(paths[-1])
+    for suffix in (".dot", ".graphml", ".json"):
+        paths.append(folder / f"graph{suffix}")
+        write_graph(model, paths[-1])
+    paths.append(folder / "graph.png")
+    ks.plot.save_graph(model, paths[-1], engine="matplotlib")
+    paths.append(folder / "probe.keras")
+    ks.expose(model, ["dense_1"]).save(paths[-1])
+    keras.utils.clear_session()
+    return paths
+
+
+def _written_by_commands(folder: Path, capsys) -> list[Path]:
+    mlp().save(folder / "in.keras")
+    np.save(folder / "in.npy", X)
+    model, data = str(folder / "in.keras"), str(folder / "in.npy")
+    runs = {
+        "graph.dot": ["graph", model], "graph.svg": ["graph", model, "--engine", "matplotlib"],
+        "graph.pdf": ["graph", model, "--engine", "matplotlib"], "graph.graphml": ["graph", model],
+        "split.keras": ["split", model], "probe.keras": ["expose", model, "dense_1"],
+        "c.h5": ["collect", model, "--data", data, "--quiet"], "c.json": ["collect", model, "--data", data, "--quiet"],
+        "c.npz": ["collect", model, "--data", data, "--quiet"],
+        "r.json": ["calibrate", model, "--data", data, "--quiet", "--histograms", str(folder / "h.png")],
+    }
+    for name, argv in runs.items():
+        assert main([*argv, "-o", str(folder / name)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    return [folder / name for name in (*runs, "h.png")]
+
+
+def test_files_get_the_mode_of_any_new_file(tmp_path, umask, capsys):
+    functions, commands = tmp_path / "functions", tmp_path / "commands"
+    functions.mkdir()
+    commands.mkdir()
+    written = _written_by_functions(functions) + _written_by_commands(commands, capsys)
+    expected = _as_open_would(tmp_path)
+    assert expected == 0o666 & ~umask
+    assert {p.name: oct(_mode(p)) for p in written} == {p.name: oct(expected) for p in written}
+    # and nothing else was left behind (temporary files, write checks)
+    assert sorted(p.name for p in functions.iterdir()) == sorted(p.name for p in written if p.parent == functions)
