@@ -150,6 +150,66 @@ class TestSplit:
         assert "predictions_activation" in names and "dw_activation" not in names
 
 
+def _perturbed_split(monkeypatch, delta):
+    """Make `kerasurgery split` produce a model whose 'predictions' biases are off by 0, delta, 2 delta, ..."""
+    real = ks.split_activations
+
+    def split_with_a_bug(model, layers=None):
+        split = real(model, layers)
+        bias = split.get_layer("predictions").bias
+        bias.assign(bias + delta * np.arange(bias.shape[0], dtype="float32"))
+        return split
+
+    monkeypatch.setattr(ks, "split_activations", split_with_a_bug)
+
+
+class TestSplitCheck:
+    """The equality check of `kerasurgery split` fails loudly; a difference is never called equal."""
+
+    def test_a_difference_fails(self, capsys, files, tmp_path, monkeypatch):
+        _perturbed_split(monkeypatch, 0.5)
+        path = tmp_path / "split.keras"
+        code, out, err = run(capsys, "split", files["cnn_bn"], "-o", path)
+        assert code == 1
+        assert "outputs DIFFER from the original's: max abs difference" in out and "equal" not in out
+        assert "output 'predictions'" in out
+        assert err.startswith("kerasurgery split: error: the split model's outputs differ") and "--force" in err
+        assert len(err.strip().splitlines()) == 1
+        assert not path.exists() and os.listdir(tmp_path) == []
+
+    def test_force_writes_it_and_still_fails(self, capsys, files, tmp_path, monkeypatch):
+        _perturbed_split(monkeypatch, 0.5)
+        path = tmp_path / "split.keras"
+        code, out, err = run(capsys, "split", files["cnn_bn"], "-o", path, "--force")
+        assert code == 1 and "DIFFER" in out and "written anyway (--force)" in err
+        split = keras.saving.load_model(path)
+        with pytest.raises(AssertionError):
+            zoo.assert_same_outputs(keras.saving.load_model(files["cnn_bn"]), split, np.load(files["images"]))
+
+    def test_atol(self, capsys, files, tmp_path, monkeypatch):
+        _perturbed_split(monkeypatch, 1e-3)
+        code, out, _ = run(capsys, "split", files["cnn_bn"], "-o", tmp_path / "a.keras", "--data", files["images"])
+        assert code == 1 and "DIFFER" in out
+        code, out, err = run(capsys, "split", files["cnn_bn"], "-o", tmp_path / "b.keras", "--data", files["images"],
+                             "--atol", "0.1")
+        assert code == 0, err
+        assert "outputs equal the original's" in out and "(tolerance 0.1 " in out
+
+    def test_tolerance_is_relative_to_the_output_scale(self):
+        from kerasurgery.cli.commands import check_equal
+
+        small = {"y": {"max_abs": 2e-5, "max_rel": 2e-5}}  # output scale 1
+        large = {"y": {"max_abs": 2e-5, "max_rel": 2e-8}}  # output scale 1000
+        nan = {"y": {"max_abs": float("nan"), "max_rel": float("nan")}}
+        assert check_equal(small, 1e-5)[0] is False and check_equal(large, 1e-5)[0] is True
+        assert check_equal(nan, 1e-5)[0] is False and check_equal(nan, 1e9)[0] is False
+
+    @pytest.mark.parametrize("value", ["-1", "nan", "inf", "x"])
+    def test_bad_atol(self, capsys, files, tmp_path, value):
+        code, _, err = run(capsys, "split", files["cnn_bn"], "-o", tmp_path / "s.keras", "--atol", value)
+        assert_one_line_error(code, err, "expected a number >= 0")
+
+
 class TestExpose:
     def test_expose_writes_a_probe(self, capsys, files, tmp_path):
         path = tmp_path / "probe.keras"

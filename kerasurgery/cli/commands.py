@@ -6,11 +6,14 @@ import argparse
 import importlib
 import json
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import kerasurgery as ks
 from kerasurgery.errors import DataError
+
+EXIT_CHECK_FAILED = 1  # a check the command runs (split's equality) failed
 from kerasurgery.keras_internals import all_layers
 from kerasurgery.runtime.h5 import written_to
 
@@ -127,6 +130,36 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_equal(report: dict, atol: float) -> tuple[bool, str]:
+    """Judge a `compare` report: equal when every output's max abs difference is within tolerance.
+
+    The tolerance of an output is ``atol * max(1, max |original output|)``:
+    `atol` absolute for outputs up to 1, relative to the output's scale beyond.
+    A NaN difference is never equal.
+
+    Returns:
+        (equal, a one-line description of the worst output).
+
+    Example:
+        >>> check_equal({"y": {"max_abs": 0.0, "max_rel": 0.0}}, 1e-5)
+        (True, "max abs difference 0 (tolerance 1e-05 on output 'y')")
+        >>> check_equal({"y": {"max_abs": 1.68, "max_rel": 0.5}}, 1e-5)[0]
+        False
+    """
+    worst, worst_ratio, text = None, -1.0, ""
+    for name, r in report.items():
+        max_abs, max_rel = r["max_abs"], r["max_rel"]
+        scale = max_abs / max_rel if 0 < max_rel < float("inf") else 0.0
+        tolerance = atol * max(1.0, scale)
+        ratio = max_abs / tolerance if tolerance > 0 else (0.0 if max_abs == 0 else float("inf"))
+        if ratio != ratio:  # NaN
+            ratio = float("inf")
+        if worst is None or ratio > worst_ratio:
+            worst, worst_ratio = name, ratio
+            text = f"max abs difference {max_abs:.3g} (tolerance {tolerance:.3g} on output '{name}')"
+    return worst_ratio <= 1.0, text
+
+
 def cmd_split(args: argparse.Namespace) -> int:
     from kerasurgery.equivalence import compare
 
@@ -136,12 +169,21 @@ def cmd_split(args: argparse.Namespace) -> int:
     before = {layer.name for layer in all_layers(model)}
     added = [layer.name for layer in split.layers if layer.name not in before]
     report = compare(model, split, _check_inputs(model, args.data, limit=64))
-    worst = max(r["max_abs"] for r in report.values())
-    _save_model(split, args.output)
+    equal, worst = check_equal(report, args.atol)
+    where = "on --data" if args.data else "on random inputs"
     print(f"split {len(added)} activation(s) into their own layers: {', '.join(added)}")
-    print(f"outputs equal the original's: max abs difference {worst:.3g} "
-          f"({'on --data' if args.data else 'on random inputs'})")
-    print(f"wrote {args.output}")
+    if equal:
+        print(f"outputs equal the original's: {worst} ({where})")
+    else:
+        print(f"outputs DIFFER from the original's: {worst} ({where})")
+    if equal or args.force:
+        _save_model(split, args.output)
+        print(f"wrote {args.output}" + ("" if equal else " although its outputs differ (--force)"))
+    if not equal:
+        kept = "written anyway (--force)" if args.force else "nothing written (pass --force to write it anyway)"
+        print(f"kerasurgery split: error: the split model's outputs differ from the original's: {worst}; "
+              f"{kept}. This is likely a bug in kerasurgery; please report it.", file=sys.stderr)
+        return EXIT_CHECK_FAILED
     return 0
 
 

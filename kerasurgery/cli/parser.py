@@ -71,6 +71,17 @@ def _output(p: argparse.ArgumentParser, metavar: str, help: str, *, default: str
         p.add_argument(alias, dest="output", metavar=metavar, action=_DeprecatedAlias, new="-o/--output")
 
 
+def _tolerance(text: str) -> float:
+    """``--atol``: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def _model_parent() -> _Parser:
     parent = _Parser(add_help=False)
     parent.add_argument("model", metavar="MODEL", help="a saved model: MODEL.keras (or legacy .h5)")
@@ -132,11 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("split", parents=[model], help="copy with fused activations as separate layers",
                        description="Write a copy of the model in which each fused activation (Dense(..., "
-                       "activation='relu'), Conv2D, ...) is its own Activation layer; outputs are checked equal.")
+                       "activation='relu'), Conv2D, ...) is its own Activation layer. Its outputs are compared "
+                       "with the original's first: if they differ beyond --atol it prints 'outputs DIFFER', "
+                       "writes nothing (unless --force) and exits with status 1.")
     _output(p, "OUT.keras", "the model file to write")
     _points(p, "only these layers (names or globs); default every layer with a fused activation",
             alias="--layers")
     p.add_argument("--data", metavar="FILE", help="check equality on these inputs instead of random ones")
+    p.add_argument("--atol", type=_tolerance, default=1e-5, metavar="T",
+                   help="outputs are equal when max |split - original| <= T * max(1, max |original|) (1e-5)")
+    p.add_argument("--force", action="store_true",
+                   help="write the model even if its outputs differ (the exit status is still 1)")
     _overwrite(p)
     p.set_defaults(func="cmd_split")
 
