@@ -582,6 +582,65 @@ def test_bad_input_calibrate(capsys, files, case):
     assert_one_line_error(code, err, match)
 
 
+# ---------------------------------------------------------------------------
+# exit status: 2 for the project's own errors, 1 for what it did not expect (a bug, said so)
+
+
+def _failing_inspect(monkeypatch, error):
+    from kerasurgery.cli import commands
+
+    def cmd_inspect(args):
+        raise error
+
+    monkeypatch.setattr(commands, "cmd_inspect", cmd_inspect)
+
+
+class TestExitStatus:
+    @pytest.mark.parametrize("error", [ZeroDivisionError("division by zero"), ValueError("bad thing inside"),
+                                       KeyError("layer"), RuntimeError("XLA failed"),
+                                       PermissionError(13, "Permission denied", "/etc/ks-internal-cache")],
+                             ids=lambda e: type(e).__name__)
+    def test_unexpected_exceptions_are_internal_errors(self, capsys, files, monkeypatch, error):
+        _failing_inspect(monkeypatch, error)
+        code, out, err = run(capsys, "inspect", files["cnn_bn"])
+        assert code == 1 and out == ""
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in err
+        assert lines[0].startswith(f"kerasurgery inspect: internal error: {type(error).__name__}: ")
+        assert "this is a bug in kerasurgery; rerun with --debug for the traceback" in lines[0]
+        assert "github.com/kerasurgery/kerasurgery/issues" in lines[0]
+
+    @pytest.mark.parametrize("where", ["before", "after"])
+    def test_debug_prints_the_traceback(self, capsys, files, monkeypatch, where):
+        _failing_inspect(monkeypatch, ZeroDivisionError("division by zero"))
+        argv = ["--debug", "inspect", files["cnn_bn"]] if where == "before" else ["inspect", files["cnn_bn"], "--debug"]
+        code, _, err = run(capsys, *argv)
+        assert code == 1
+        assert err.startswith("Traceback (most recent call last):") and "in cmd_inspect" in err
+        assert err.strip().splitlines()[-1].startswith("kerasurgery inspect: internal error: ZeroDivisionError")
+        assert "see the traceback above" in err
+
+    def test_debug_with_bad_input_keeps_exit_2(self, capsys, files):
+        code, _, err = run(capsys, "--debug", "expose", files["cnn_bn"], "conv_9", "-o", files["dir"] / "p.keras")
+        assert code == 2 and "Traceback" in err and "AddressError" in err
+        assert err.strip().splitlines()[-1].startswith("kerasurgery expose: error: Expected the address")
+
+    def test_os_error_about_the_users_path_is_bad_input(self, capsys, files, monkeypatch):
+        _failing_inspect(monkeypatch, PermissionError(13, "Permission denied", files["cnn_bn"]))
+        code, _, err = run(capsys, "inspect", files["cnn_bn"])
+        assert_one_line_error(code, err, "Permission denied")
+
+    def test_disk_full_is_bad_input(self, capsys, files, monkeypatch):
+        _failing_inspect(monkeypatch, OSError(28, "No space left on device"))
+        code, _, err = run(capsys, "inspect", files["cnn_bn"])
+        assert_one_line_error(code, err, "No space left")
+
+    def test_project_errors_are_bad_input(self, capsys, files, monkeypatch):
+        _failing_inspect(monkeypatch, ks.DataError("Expected this. Received: that."))
+        code, _, err = run(capsys, "inspect", files["cnn_bn"])
+        assert_one_line_error(code, err, "Expected this. Received: that.")
+
+
 def test_unsafe_loads_a_lambda_model(capsys, files):
     code, out, err = run(capsys, "inspect", files["lambda"], "--unsafe")
     assert code == 0, err

@@ -11,9 +11,13 @@
     kerasurgery calibrate MODEL.keras --data FILE [--points P ...] -o ranges.json
 
 Models load in Keras's safe mode: a file with a ``Lambda`` layer is refused
-unless ``--unsafe`` is given. Bad input (a missing or non-Keras file, an
-unknown point, data of the wrong shape) prints one line on stderr and exits
-with status 2.
+unless ``--unsafe`` is given.
+
+Exit status: 0 done; 1 a check failed (``split``) or an internal error (an
+exception kerasurgery did not expect: a bug, reported in one line that says
+so, with the traceback under ``--debug``); 2 bad input (a `KerasurgeryError`,
+an argument error, or an OS error about one of the user's paths), one line on
+stderr; 130 interrupted.
 
 Example:
     >>> from kerasurgery.cli.main import main
@@ -24,14 +28,23 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import errno
 import logging
+import os
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 
 from kerasurgery.cli.parser import EXIT_USAGE, build_parser, parse_args
 from kerasurgery.errors import KerasurgeryError
+
+EXIT_INTERNAL = 1
+ISSUES = "https://github.com/kerasurgery/kerasurgery/issues"
+#: OS errors that are about the user's machine, not a bug, whatever the file.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS}
 
 
 def _one_line(error: BaseException, model: str | None = None) -> str:
@@ -60,6 +73,48 @@ def _quiet(prog: str):
         tf_log.setLevel(level)
 
 
+def _user_paths(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """(files the command reads, files or folders it writes), as given."""
+    inputs = [getattr(args, name, None) for name in ("model", "data")]
+    outputs = [getattr(args, name, None) for name in ("output", "histograms")]
+    return [p for p in inputs if p], [p for p in outputs if p]
+
+
+def about_user_paths(error: OSError, args: argparse.Namespace) -> bool:
+    """True if `error` is about a path the user gave (or a file the command writes next to an output).
+
+    Such an error (a model file that cannot be read, an output folder that
+    filled up) is bad input, exit 2; any other OS error is internal.
+    """
+    if error.errno in _ENVIRONMENT_ERRNOS:
+        return True
+    inputs, outputs = _user_paths(args)
+    for name in (error.filename, error.filename2):
+        if not isinstance(name, (str, bytes, os.PathLike)):
+            continue
+        real = os.path.realpath(os.fsdecode(name))
+        for given in inputs + outputs:
+            mine = os.path.realpath(given)
+            if real == mine or real.startswith(mine + os.sep):
+                return True
+        for given in outputs:  # temporary files are written next to the output
+            if os.path.dirname(real) == os.path.dirname(os.path.realpath(given)):
+                return True
+    return False
+
+
+def _report(prog: str, kind: str, error: BaseException, args: argparse.Namespace) -> None:
+    if getattr(args, "debug", False):
+        traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+    if kind == "error":
+        print(f"{prog}: error: {_one_line(error, getattr(args, 'model', None))}", file=sys.stderr)
+        return
+    text = _one_line(error)
+    how = "see the traceback above" if getattr(args, "debug", False) else "rerun with --debug for the traceback"
+    print(f"{prog}: internal error: {type(error).__name__}: {text} -- this is a bug in kerasurgery; {how} "
+          f"and report it at {ISSUES}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``kerasurgery`` command.
 
@@ -67,8 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments (without the program name); default ``sys.argv[1:]``.
 
     Returns:
-        The exit status: 0 on success, 2 on bad input (after printing one line
-        on stderr), 130 when interrupted.
+        The exit status: 0 on success; 1 when a check failed or on an internal
+        error (a bug, reported as such); 2 on bad input (after printing one
+        line on stderr); 130 when interrupted.
     """
     parser = build_parser()
     try:
@@ -86,12 +142,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             from kerasurgery.cli import commands
 
             return getattr(commands, args.func)(args)
-    except (KerasurgeryError, ValueError, OSError) as e:
-        print(f"{prog}: error: {_one_line(e, getattr(args, 'model', None))}", file=sys.stderr)
+    except KerasurgeryError as e:
+        _report(prog, "error", e, args)
         return EXIT_USAGE
+    except OSError as e:
+        if about_user_paths(e, args):
+            _report(prog, "error", e, args)
+            return EXIT_USAGE
+        _report(prog, "internal", e, args)
+        return EXIT_INTERNAL
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - anything else is a bug: say so, in one line
+        _report(prog, "internal", e, args)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -82,6 +82,14 @@ def _tolerance(text: str) -> float:
     return value
 
 
+def _global_flags(p: argparse.ArgumentParser, default: object) -> None:
+    """``--debug`` and ``--verbose``, accepted before or after the command's name."""
+    p.add_argument("--debug", action="store_true", default=default,
+                   help="on an error, also print the full Python traceback")
+    p.add_argument("--verbose", action="store_true", default=default,
+                   help="let the backend (TensorFlow) print its log lines on stderr")
+
+
 def _model_parent() -> _Parser:
     parent = _Parser(add_help=False)
     parent.add_argument("model", metavar="MODEL", help="a saved model: MODEL.keras (or legacy .h5)")
@@ -112,11 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kerasurgery", description="See inside and rewrite Keras 3 models.",
                      epilog="Run `kerasurgery demo` for a tour; `kerasurgery COMMAND --help` for details.")
     parser.add_argument("--version", action="version", version=f"kerasurgery {__version__}")
+    _global_flags(parser, False)
+    flags = _Parser(add_help=False)
+    _global_flags(flags, argparse.SUPPRESS)  # after the command name: kept from before it unless given
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     parser.commands = sub.choices  # type: ignore[attr-defined]
     model = _model_parent()
 
-    p = sub.add_parser("demo", help="train a tiny model and show every job; writes pictures",
+    p = sub.add_parser("demo", parents=[flags], help="train a tiny model and show every job; writes pictures",
                        description="Build and briefly train a small CNN on shapes it draws itself, then "
                        "show logits, a split model, a probe pair, collected activations and calibration "
                        "ranges. Writes feature maps, histograms and a graph drawing.")
@@ -125,13 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     _overwrite(p)
     p.set_defaults(func="cmd_demo")
 
-    p = sub.add_parser("inspect", parents=[model], help="table of points: address, class, shape, activation, params",
+    p = sub.add_parser("inspect", parents=[model, flags], help="table of points: address, class, shape, activation, params",
                        description="List every point of the model that expose/collect/calibrate accept.")
     _points(p, "only these addresses or globs, e.g. 'conv*' '*:pre'", alias="--pattern")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func="cmd_inspect")
 
-    p = sub.add_parser("graph", parents=[model], help="draw or export the model's graph",
+    p = sub.add_parser("graph", parents=[model, flags], help="draw or export the model's graph",
                        description="Write the graph; the suffix of FILE picks the format: .svg .png .pdf "
                        "(drawing; Graphviz when installed, else matplotlib), .dot, .graphml, .json.")
     _output(p, "FILE", "the file to write")
@@ -141,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     _overwrite(p)
     p.set_defaults(func="cmd_graph")
 
-    p = sub.add_parser("split", parents=[model], help="copy with fused activations as separate layers",
+    p = sub.add_parser("split", parents=[model, flags], help="copy with fused activations as separate layers",
                        description="Write a copy of the model in which each fused activation (Dense(..., "
                        "activation='relu'), Conv2D, ...) is its own Activation layer. Its outputs are compared "
                        "with the original's first: if they differ beyond --atol it prints 'outputs DIFFER', "
@@ -157,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     _overwrite(p)
     p.set_defaults(func="cmd_split")
 
-    p = sub.add_parser("expose", parents=[model], help="probe model whose outputs are the given points",
+    p = sub.add_parser("expose", parents=[model, flags], help="probe model whose outputs are the given points",
                        description="Write a model returning {address: tensor} for the points, sharing "
                        "weights with the original. Addresses: name, nested/name, name:pre, mha:scores, globs.")
     p.add_argument("positional_points", nargs="*", metavar="POINT", help="addresses or globs (or --points)")
@@ -167,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     _overwrite(p)
     p.set_defaults(func="cmd_expose")
 
-    p = sub.add_parser("collect", parents=[model], help="activations of points over a dataset, to a file",
+    p = sub.add_parser("collect", parents=[model, flags], help="activations of points over a dataset, to a file",
                        description="Run the model once over --data and write the values of the points "
                        "(default: every layer output) to a file whose suffix picks the format: .h5/.hdf5 "
                        "(HDF5, streamed batch by batch), .json (nested lists with shapes and dtypes, at most "
@@ -178,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     _overwrite(p)
     p.set_defaults(func="cmd_collect")
 
-    p = sub.add_parser("calibrate", parents=[model], help="value ranges and histograms of points, to JSON",
+    p = sub.add_parser("calibrate", parents=[model, flags], help="value ranges and histograms of points, to JSON",
                        description="Stream --data through the model and record min, max, mean, std, "
                        "percentiles and a histogram per point (default: every point, ':pre' and "
                        "':scores' included), e.g. ranges of '*:pre' for quantization.")
