@@ -677,3 +677,59 @@ class TestConsoleScript:
         # TensorFlow may print a banner on import; our own output is the last line.
         assert bad.stderr.strip().splitlines()[-1].startswith("kerasurgery inspect: error: Expected a model "
                                                               "without Python code")
+
+
+# ---------------------------------------------------------------------------
+# startup: the parser imports nothing heavy; the backend's log lines stay off stderr
+
+
+def _run_module(*argv, env_update=None):
+    """(seconds, completed process) of ``python -m kerasurgery argv`` on this worktree, no TF log settings."""
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(ks.__file__)))
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")}
+    env.update(PYTHONPATH=root, **(env_update or {}))
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "kerasurgery", *map(str, argv)], capture_output=True, text=True,
+                          env=env, cwd=root, timeout=300, check=False)
+    return time.perf_counter() - start, done
+
+
+class TestStartup:
+    @pytest.mark.parametrize("argv, status, stderr", [
+        (["--help"], 0, ""),
+        (["--version"], 0, ""),
+        (["expose", "--help"], 0, ""),
+        (["inspect"], 2, "kerasurgery inspect: error: the following arguments are required: MODEL "
+                         "(see `kerasurgery inspect --help`)\n"),
+        (["collect", "m.keras", "--batch-size", "x"], 2, "kerasurgery collect: error: argument --batch-size: "
+                                                        "invalid int value: 'x' (see `kerasurgery collect --help`)\n"),
+    ], ids=["--help", "--version", "expose --help", "missing argument", "bad argument"])
+    def test_answers_at_once_without_noise(self, argv, status, stderr):
+        seconds, done = _run_module(*argv)
+        print(f"kerasurgery {' '.join(argv)}: {seconds:.2f} s")
+        assert done.returncode == status
+        assert done.stderr == stderr
+        assert seconds < 2.0, f"{seconds:.2f} s"
+
+    def test_parser_imports_no_backend(self):
+        code = ("import sys; from kerasurgery.cli.main import main; main(['--version'])\n"
+                "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch', 'numpy') if m in sys.modules))")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(ks.__file__))))
+        assert done.stdout.splitlines()[-1] == "[]", done.stdout + done.stderr
+
+    def test_backend_log_lines_stay_off_stderr(self, files):
+        _, done = _run_module("inspect", files["cnn_bn"], "--points", "conv")
+        assert done.returncode == 0 and "conv" in done.stdout
+        assert done.stderr == ""
+
+    def test_verbose_lets_them_through(self, files):
+        plain = subprocess.run([sys.executable, "-c", "import keras"], capture_output=True, text=True, check=False,
+                               timeout=300, env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+        if "oneDNN" not in plain.stderr:
+            pytest.skip("importing this backend prints no oneDNN line")
+        _, done = _run_module("--verbose", "inspect", files["cnn_bn"], "--points", "conv")
+        assert done.returncode == 0
+        assert "oneDNN custom operations are on" in done.stderr

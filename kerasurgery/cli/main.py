@@ -57,14 +57,14 @@ def _one_line(error: BaseException, model: str | None = None) -> str:
 
 
 @contextlib.contextmanager
-def _quiet(prog: str):
-    """Warnings as one ``prog: warning: ...`` line each; TensorFlow's log muted."""
+def _quiet(prog: str, verbose: bool = False):
+    """Warnings as one ``prog: warning: ...`` line each; TensorFlow's Python log muted unless `verbose`."""
     def show(message, category, filename, lineno, file=None, line=None):
         print(f"{prog}: warning: {_one_line(Warning(message))}", file=sys.stderr)
 
     tf_log = logging.getLogger("tensorflow")
     level = tf_log.level
-    tf_log.setLevel(logging.ERROR)
+    tf_log.setLevel(level if verbose else logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show
@@ -103,6 +103,41 @@ def about_user_paths(error: OSError, args: argparse.Namespace) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _stderr_muted():
+    """File descriptor 2 to /dev/null: what C++ libraries print there (not only Python) is dropped."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_backend(verbose: bool = False) -> None:
+    """Import Keras and its backend once, keeping the backend's C++ log lines off stderr.
+
+    TensorFlow prints lines such as "oneDNN custom operations are on" from C++
+    while it is imported, before ``TF_CPP_MIN_LOG_LEVEL`` is read (TF 2.21), so
+    stderr's file descriptor is sent to /dev/null around this first import
+    only; ``TF_CPP_MIN_LOG_LEVEL=2`` (unless set) keeps later info and warning
+    lines away and lets errors through. `verbose` imports with nothing muted.
+    """
+    if "keras" in sys.modules:
+        return
+    if verbose:
+        import keras  # noqa: F401
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with _stderr_muted():
+        import keras  # noqa: F401
+
+
 def _report(prog: str, kind: str, error: BaseException, args: argparse.Namespace) -> None:
     if getattr(args, "debug", False):
         traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
@@ -138,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for old, new in args.deprecated:
         print(f"{prog}: warning: {old} is deprecated; use {new} (same values)", file=sys.stderr)
     try:
-        with _quiet(prog):
+        with _quiet(prog, args.verbose):
+            import_backend(verbose=args.verbose)
             from kerasurgery.cli import commands
 
             return getattr(commands, args.func)(args)
