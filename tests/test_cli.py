@@ -105,6 +105,43 @@ class TestInspect:
         assert "before relu" in rows["conv:pre"]
         assert lines[-1] == "16 point(s); 792 parameters (776 trainable)"
 
+    def test_activation_column_is_precise(self, capsys, tmp_path):
+        L = keras.layers
+        x = keras.Input((4, 4, 3), name="x")
+        expected = {}
+        h = x
+        for layer, text in [
+            (L.ReLU(name="plain_relu"), "relu"),
+            (L.ReLU(max_value=6, name="relu_6"), "relu6"),
+            (L.ReLU(max_value=6.0, negative_slope=0.1, name="leaky_capped"), "relu(max_value=6, negative_slope=0.1)"),
+            (L.ReLU(threshold=0.5, name="thresholded"), "relu(threshold=0.5)"),
+            (L.ReLU(max_value=4, name="relu_4"), "relu(max_value=4)"),
+            (L.LeakyReLU(name="leaky"), "leaky_relu(negative_slope=0.3)"),
+            (L.LeakyReLU(negative_slope=0.01, name="leaky_001"), "leaky_relu(negative_slope=0.01)"),
+            (L.ELU(name="elu_1"), "elu"),
+            (L.ELU(alpha=0.5, name="elu_half"), "elu(alpha=0.5)"),
+            (L.PReLU(name="prelu"), "prelu (learned slope)"),
+            (L.PReLU(shared_axes=[1, 2], name="prelu_shared"), "prelu (learned slope, shared_axes=[1, 2])"),
+            (L.Softmax(name="softmax_last"), "softmax"),
+            (L.Softmax(axis=1, name="softmax_1"), "softmax(axis=1)"),
+            (L.Activation("relu6", name="act_relu6"), "relu6"),
+            (L.Activation("gelu", name="act_gelu"), "gelu"),
+            (L.Dense(3, activation="relu6", name="dense_relu6"), "relu6"),
+        ]:
+            h = layer(h)
+            expected[layer.name] = text
+        path = tmp_path / "activations.keras"
+        keras.Model(x, h).save(path)
+        code, out, err = run(capsys, "inspect", path, "--json")
+        assert code == 0, err
+        rows = {row["address"]: row["activation"] for row in json.loads(out)}
+        assert {a: rows[a] for a in expected} == expected
+        assert {a: rows[f"{a}:pre"] for a in expected} == {a: f"before {t}" for a, t in expected.items()}
+        code, out, _ = run(capsys, "inspect", path, "--points", "relu_6", "leaky_capped")
+        table = {line.split()[0]: line for line in out.splitlines()[3:-1]}
+        assert table["relu_6"].split()[1:] == ["ReLU", "(None,", "4,", "4,", "3)", "relu6", "0"]
+        assert "relu(max_value=6, negative_slope=0.1)" in table["leaky_capped"]
+
     def test_pattern_and_json(self, capsys, files):
         code, out, _ = run(capsys, "inspect", files["attention"], "--points", "*:scores", "--json")
         assert code == 0

@@ -1,8 +1,9 @@
 """A table of a model's points: what `kerasurgery inspect` prints.
 
 `point_table` pairs every address from `kerasurgery.points` with its layer
-class, output shape, activation and parameter count; `format_table` lays rows
-out as aligned text.
+class, output shape, activation (precise: ``relu6``, ``leaky_relu(negative_slope=0.3)``,
+``softmax(axis=1)``; see `activation_text`) and parameter count;
+`format_table` lays rows out as aligned text.
 
 Example:
     >>> import keras
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
+
 from kerasurgery.address.selector import Selector
 from kerasurgery.ir.export import params_of, shape_text
 from kerasurgery.ir.from_keras import as_graph
@@ -30,14 +33,54 @@ _HEADERS = {"address": "address", "layer": "layer", "shape": "output shape",
             "activation": "activation", "params": "params"}
 
 
-def _activation_of(data: dict) -> str:
-    op = data.get("op")
-    if data.get("activation"):
-        return data["activation"]
+def _number(value: Any) -> str:
+    return f"{float(value):g}"
+
+
+def activation_text(op: Any) -> str | None:
+    """What an activation layer computes, with the arguments that change it; None for other layers.
+
+    ``ReLU(max_value=6)`` is ``relu6``, ``ReLU(negative_slope=0.1)`` is
+    ``relu(negative_slope=0.1)``; ``LeakyReLU`` shows its slope, ``ELU`` its
+    alpha when not 1, ``Softmax`` its axis when not -1, ``PReLU`` that its
+    slope is learned; an ``Activation`` layer the name of its function.
+
+    Example:
+        >>> import keras
+        >>> activation_text(keras.layers.ReLU(max_value=6)), activation_text(keras.layers.LeakyReLU(0.1))
+        ('relu6', 'leaky_relu(negative_slope=0.1)')
+    """
+    layers = keras.layers
+    if isinstance(op, layers.ReLU):
+        slope, threshold = float(op.negative_slope or 0), float(op.threshold or 0)
+        if op.max_value is not None and float(op.max_value) == 6 and not slope and not threshold:
+            return "relu6"
+        parts = [f"max_value={_number(op.max_value)}"] if op.max_value is not None else []
+        parts += [f"negative_slope={_number(slope)}"] if slope else []
+        parts += [f"threshold={_number(threshold)}"] if threshold else []
+        return "relu" + (f"({', '.join(parts)})" if parts else "")
+    if isinstance(op, layers.LeakyReLU):
+        return f"leaky_relu(negative_slope={_number(op.negative_slope)})"
+    if isinstance(op, layers.ELU):
+        return "elu" if float(op.alpha) == 1 else f"elu(alpha={_number(op.alpha)})"
+    if isinstance(op, layers.PReLU):
+        axes = f", shared_axes={list(op.shared_axes)}" if op.shared_axes else ""
+        return f"prelu (learned slope{axes})"
+    if isinstance(op, layers.Softmax):
+        axis = op.axis if isinstance(op.axis, int) else list(op.axis)
+        return "softmax" if axis == -1 else f"softmax(axis={axis})"
     if kinds.is_activation_layer(op):
         fn = getattr(op, "activation", None)
         return kinds.activation_name(fn) if fn is not None else type(op).__name__.lower()
-    return ""
+    return None
+
+
+def _activation_of(data: dict) -> str:
+    op = data.get("op")
+    if data.get("activation"):
+        fused = getattr(op, "activation", None)  # a layer given as activation=: describe it
+        return (activation_text(fused) if isinstance(fused, keras.layers.Layer) else None) or data["activation"]
+    return activation_text(op) or ""
 
 
 def _input_shape(graph: Any, key: str, slots: tuple[str, ...]) -> tuple | None:
