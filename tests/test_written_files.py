@@ -268,3 +268,29 @@ def test_files_get_the_mode_of_any_new_file(tmp_path, umask, capsys):
     assert {p.name: oct(_mode(p)) for p in written} == {p.name: oct(expected) for p in written}
     # and nothing else was left behind (temporary files, write checks)
     assert sorted(p.name for p in functions.iterdir()) == sorted(p.name for p in written if p.parent == functions)
+
+
+# ---------------------------------------------------------------------------
+# what collect(path=...) returns, as annotated
+
+
+def test_collect_return_type_is_annotated():
+    import typing
+
+    from kerasurgery.runtime.collect import collect
+
+    assert ks.collect is collect
+    plain, to_file = typing.get_overloads(collect)
+    assert typing.get_type_hints(plain)["return"] == dict[str, np.ndarray]
+    assert typing.get_type_hints(to_file)["return"] is ks.Activations
+    assert typing.get_type_hints(collect)["return"] == typing.Union[dict[str, np.ndarray], ks.Activations]
+    assert "kerasurgery.Activations" in collect.__doc__ and "context manager" in collect.__doc__
+
+
+def test_collect_with_path_returns_an_open_activations(tmp_path):
+    path = tmp_path / "acts.h5"
+    acts = ks.collect(mlp(), X, "dense_1", path=path, progress=False)
+    assert isinstance(acts, ks.Activations) and acts.file.id.valid
+    with acts as same:
+        assert same is acts and same["dense_1"].shape == (6, 16)
+    assert not acts.file.id.valid  # closed by the with block

@@ -10,7 +10,8 @@ forward pass runs.
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, overload
 
 import keras
 import numpy as np
@@ -42,6 +43,7 @@ def _static_bytes(plan: Plan, *, per_address: bool = False) -> int | None:
 # collect
 
 
+@overload
 def collect(
     model: keras.Model,
     data: Any,
@@ -49,11 +51,40 @@ def collect(
     *,
     batch_size: int = 32,
     training: bool = False,
-    path: Any = None,
+    path: None = None,
     progress: bool | None = None,
     overwrite: bool = False,
     steps: int | None = None,
-) -> dict:
+) -> dict[str, np.ndarray]: ...
+
+
+@overload
+def collect(
+    model: keras.Model,
+    data: Any,
+    points: Selector | None = None,
+    *,
+    batch_size: int = 32,
+    training: bool = False,
+    path: str | os.PathLike,
+    progress: bool | None = None,
+    overwrite: bool = False,
+    steps: int | None = None,
+) -> Activations: ...
+
+
+def collect(
+    model: keras.Model,
+    data: Any,
+    points: Selector | None = None,
+    *,
+    batch_size: int = 32,
+    training: bool = False,
+    path: str | os.PathLike | None = None,
+    progress: bool | None = None,
+    overwrite: bool = False,
+    steps: int | None = None,
+) -> dict[str, np.ndarray] | Activations:
     """The activations of `points` of `model` over `data`, one forward pass per batch.
 
     Every point is computed in the same pass by a probe (`kerasurgery.expose`)
@@ -84,10 +115,14 @@ def collect(
     Returns:
         ``{address: array}`` of shape ``(samples, *point shape)``, in the
         order of `points`; addresses naming the same tensor share one array.
-        With `path`, a `kerasurgery.Activations` of the written file:
+        With `path`, a `kerasurgery.Activations` of the written file (the
+        same object `kerasurgery.load_activations` returns): a dict
         ``{address: values}`` (lazily read ``h5py.Dataset`` for HDF5, numpy
-        arrays for ``.json``/``.npz``), with ``attrs`` and ``close()``; a
-        context manager (``with ks.collect(..., path=p) as acts:``).
+        arrays for ``.json``/``.npz``) with ``attrs`` (``model``,
+        ``num_samples``, ``points``, ``training``) and ``close()``, and a
+        context manager that closes the file: ``with ks.collect(..., path=p)
+        as acts: ...``. Close it (or use ``with``) before writing the file
+        again.
 
     Raises:
         AddressError: a point is not an address of `model`.
@@ -105,6 +140,11 @@ def collect(
         >>> acts = ks.collect(model, np.ones((10, 4)), ["hidden:pre", "out"], batch_size=4)
         >>> {a: v.shape for a, v in acts.items()}
         {'hidden:pre': (10, 8), 'out': (10, 2)}
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "acts.h5")
+        >>> with ks.collect(model, np.ones((10, 4)), "hidden", path=path, progress=False) as acts:
+        ...     type(acts).__name__, acts["hidden"].shape
+        ('Activations', (10, 8))
     """
     batch_size = check_batch_size(batch_size)
     target = check_path(path, overwrite, tuple(FILE_FORMATS)) if path is not None else None
