@@ -497,6 +497,23 @@ class TestPointsEverywhere:
         assert code == 0, err
         assert list(keras.saving.load_model(both).output) == ["conv", "dw:pre"]
 
+    @pytest.mark.parametrize("argv", [
+        ["conv", "-o", "{out}", "dw:pre"],
+        ["-o", "{out}", "conv", "dw:pre"],
+        ["--unsafe", "-o", "{out}", "conv", "--points", "dw:pre"],
+    ], ids=["around -o", "after -o", "after options"])
+    def test_expose_points_anywhere_after_the_model(self, argv):
+        from kerasurgery.cli.parser import build_parser, parse_args
+
+        args = parse_args(build_parser(), ["expose", "m.keras", *(a.format(out="p.keras") for a in argv)])
+        assert args.model == "m.keras" and args.output == "p.keras" and args.points == ["conv", "dw:pre"]
+
+    def test_unknown_options_still_fail(self, capsys, files, tmp_path):
+        code, _, err = run(capsys, "expose", files["cnn_bn"], "conv", "-o", tmp_path / "p.keras", "--bogus")
+        assert_one_line_error(code, err, "kerasurgery expose: error: unrecognized arguments: --bogus")
+        code, _, err = run(capsys, "inspect", files["cnn_bn"], "stray")
+        assert_one_line_error(code, err, "kerasurgery inspect: error: unrecognized arguments: stray")
+
     def test_inspect_takes_several_points(self, capsys, files):
         code, out, err = run(capsys, "inspect", files["cnn_bn"], "--points", "conv", "*:pre", "--points", "bn",
                              "--json")

@@ -208,15 +208,23 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse `argv`, then join what one flag may be given in two ways.
 
-    ``expose``'s positional POINTs and its ``--points`` are one list (at
-    least one point is required). Raises SystemExit (status 2) on errors,
-    like `argparse.ArgumentParser.parse_args`.
+    ``expose``'s POINTs may come anywhere after the model (``expose m.keras
+    -o p.keras conv dense`` too, which argparse alone refuses for an optional
+    positional list) and join its ``--points`` in one list; at least one
+    point is required. Raises SystemExit (status 2) on errors, like
+    `argparse.ArgumentParser.parse_args`.
     """
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     args.deprecated = getattr(args, "deprecated", [])
-    if getattr(args, "command", None) == "expose":
-        args.points = [*args.positional_points, *(args.points or [])]
-        if not args.points:
+    command = getattr(args, "command", None)
+    if command == "expose":
+        points = [a for a in extra if not a.startswith("-")]
+        extra = [a for a in extra if a.startswith("-")]
+        args.points = [*args.positional_points, *points, *(args.points or [])]
+        if not extra and not args.points:
             parser.commands["expose"].error(  # type: ignore[attr-defined]
                 "expected at least one POINT (positional or --points)")
+    if extra:
+        where = parser.commands[command] if command else parser  # type: ignore[attr-defined]
+        where.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
