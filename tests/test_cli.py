@@ -747,6 +747,17 @@ class TestExitStatus:
         code, _, err = run(capsys, "inspect", files["cnn_bn"])
         assert_one_line_error(code, err, "No space left")
 
+    @pytest.mark.parametrize("error, status", [
+        (ImportError("kerasurgery.plot needs matplotlib. Install it with `pip install kerasurgery[plot]`."), 2),
+        (ModuleNotFoundError("No module named 'pydot'", name="pydot"), 2),
+        (ImportError("cannot import name 'helper' from 'kerasurgery.ir'", name="kerasurgery.ir"), 1),
+    ], ids=["our hint", "optional module", "our own module"])
+    def test_missing_optional_dependency_is_not_a_bug(self, capsys, files, monkeypatch, error, status):
+        _failing_inspect(monkeypatch, error)
+        code, _, err = run(capsys, "inspect", files["cnn_bn"])
+        assert code == status and len(err.strip().splitlines()) == 1
+        assert ("internal error" in err) == (status == 1)
+
     def test_project_errors_are_bad_input(self, capsys, files, monkeypatch):
         _failing_inspect(monkeypatch, ks.DataError("Expected this. Received: that."))
         code, _, err = run(capsys, "inspect", files["cnn_bn"])

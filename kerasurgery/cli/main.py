@@ -16,8 +16,8 @@ unless ``--unsafe`` is given.
 Exit status: 0 done; 1 a check failed (``split``) or an internal error (an
 exception kerasurgery did not expect: a bug, reported in one line that says
 so, with the traceback under ``--debug``); 2 bad input (a `KerasurgeryError`,
-an argument error, or an OS error about one of the user's paths), one line on
-stderr; 130 interrupted.
+an argument error, an OS error about one of the user's paths, or a missing
+optional dependency such as matplotlib), one line on stderr; 130 interrupted.
 
 Example:
     >>> from kerasurgery.cli.main import main
@@ -43,6 +43,8 @@ from kerasurgery.errors import KerasurgeryError
 
 EXIT_INTERNAL = 1
 ISSUES = "https://github.com/kerasurgery/kerasurgery/issues"
+#: Optional dependencies: a command that needs one that is missing is told so (exit 2), not a bug.
+OPTIONAL_DEPENDENCIES = ("matplotlib", "pydot", "ray", "keras_hub", "tensorflow", "jax", "torch")
 #: OS errors that are about the user's machine, not a bug, whatever the file.
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS}
 
@@ -138,6 +140,12 @@ def import_backend(verbose: bool = False) -> None:
         import keras  # noqa: F401
 
 
+def missing_dependency(error: ImportError) -> bool:
+    """True if `error` says an optional dependency is not installed (our own hint, or its module name)."""
+    root = (error.name or "").split(".")[0]
+    return root in OPTIONAL_DEPENDENCIES or "pip install" in str(error)
+
+
 def _report(prog: str, kind: str, error: BaseException, args: argparse.Namespace) -> None:
     if getattr(args, "debug", False):
         traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
@@ -187,6 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         _report(prog, "internal", e, args)
         return EXIT_INTERNAL
+    except ImportError as e:
+        internal = not missing_dependency(e)
+        _report(prog, "internal" if internal else "error", e, args)
+        return EXIT_INTERNAL if internal else EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
