@@ -156,7 +156,8 @@ class TestHistograms:
         acts = {f"p{i}": rng().normal(size=10) for i in range(5)}
         fig = ks.plot.histograms(acts, points=["p3", "p1"])
         assert [ax.get_title() for ax in fig.axes] == ["p3", "p1"]
-        assert len(ks.plot.histograms(acts, max_points=2).axes) == 2
+        fig = ks.plot.histograms(acts, max_points=2)
+        assert len(fig.axes) == 2 and "showing points 1-2 of 5" in fig.get_suptitle()
 
     def test_statistics_draw_their_stored_histogram_and_range(self):
         values = rng().normal(size=1000)
@@ -205,6 +206,51 @@ class TestHistograms:
         assert fig.axes[0].patches[0].get_data().values.sum() == 8 * stats["conv:pre"].sampled
         fig = ks.plot.histograms(stats["conv:pre"])
         assert [ax.get_title() for ax in fig.axes] == ["conv:pre"]
+
+    def test_no_point_is_dropped_past_a_page(self):
+        """36 points (MobileNetV2 has 36 `:pre`) at 16 a page: three figures hold all, in order."""
+        acts = {f"block_{i}:pre": rng().normal(size=30) for i in range(36)}
+        figs = ks.plot.histogram_pages(acts, title="pre")
+        assert [len(fig.axes) for fig in figs] == [16, 16, 4]
+        assert [ax.get_title() for fig in figs for ax in fig.axes] == list(acts)
+        for page, fig in enumerate(figs):
+            assert [ax.get_title() for ax in ks.plot.histograms(acts, page=page).axes] == [
+                ax.get_title() for ax in fig.axes]
+        heading = figs[1].get_suptitle()
+        assert heading.startswith("pre\n") and "showing points 17-32 of 36: page=1 of pages 0-2" in heading
+        assert "points 1-16 of 36" in ks.plot.histograms(acts).get_suptitle()  # the default says so too
+        assert len(ks.plot.histograms(acts, max_points=None).axes) == 36
+        assert ks.plot.histograms(acts, max_points=None).get_suptitle() == ""  # nothing left out, no note
+        for bad in (dict(page=3), dict(page=-1), dict(max_points=0), dict(max_points=2.5)):
+            with pytest.raises(DataError, match="page|max_points"):
+                ks.plot.histograms(acts, **bad)
+
+    def test_axes_are_labelled_and_the_legend_names_each_percentile(self):
+        values = rng().normal(size=1000)
+        fig = ks.plot.histograms({"a": FakeStats(values), "b": FakeStats(values * 2)}, log=True)
+        a, b = fig.axes
+        assert a.get_xlabel().startswith("value in [") and b.get_xlabel().startswith("value in [")
+        assert a.get_ylabel() == "count (log scale)" and b.get_ylabel() == ""  # one label per row
+        assert ks.plot.histograms(np.arange(9.0)).axes[0].get_ylabel() == "count"
+        (legend,) = fig.legends
+        assert [t.get_text() for t in legend.get_texts()] == [
+            "histogram", "1 and 99th percentiles", "min and max (every value)"]
+        marked = {line.get_gid(): line.get_xdata()[0] for line in a.lines}
+        assert marked["percentile:1"] == pytest.approx(np.percentile(values, 1))
+        assert marked["percentile:99"] == pytest.approx(np.percentile(values, 99))
+        assert marked["min"] == pytest.approx(values.min()) and marked["max"] == pytest.approx(values.max())
+
+    def test_real_statistics_legend_and_sampled_counts(self):
+        model = zoo.cnn_bn()
+        stats = ks.calibrate(model, zoo.sample_inputs(model, batch=4), "conv:pre", sample=16)
+        assert not stats["conv:pre"].exact
+        fig = ks.plot.histograms(stats)
+        assert fig.axes[0].get_ylabel() == "count of sampled values"
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert labels == ["histogram", "median (50th percentile)", "5 and 95th percentiles", "1 and 99th percentiles",
+                          "0.1 and 99.9th percentiles", "min and max (every value)"]
+        gids = sorted(line.get_gid() for line in fig.axes[0].lines)
+        assert gids == sorted(["min", "max"] + [f"percentile:{q:g}" for q in stats["conv:pre"].quantiles])
 
     def test_single_array(self):
         fig = ks.plot.histograms(np.arange(10.0), title="x")
