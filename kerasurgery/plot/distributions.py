@@ -176,7 +176,7 @@ def histograms(
         ['dense_1', 'dense_1:pre']
         >>> many = {f"p{i}": np.random.randn(50) for i in range(5)}
         >>> fig = ks.plot.histograms(many, max_points=2, page=2)
-        >>> [ax.get_title() for ax in fig.axes], " ".join(fig.get_suptitle().split())[:42]
+        >>> [ax.get_title() for ax in fig.axes], " ".join(fig.get_suptitle().split()).split(" (")[0]
         (['p4'], 'showing point 5 of 5: page=2 of pages 0-2')
     """
     data, title = _as_points(data, title)
