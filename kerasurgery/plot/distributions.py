@@ -84,7 +84,7 @@ def _short_ticks(ax: Any) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
 
 
-def _draw_panel(ax: Any, name: str, panel: dict, log: bool, legend: dict, first_column: bool) -> None:
+def _draw_panel(ax: Any, name: str, panel: dict, log: bool, legend: dict) -> None:
     legend.setdefault("histogram", ax.stairs(panel["counts"], panel["edges"], fill=True, color=_BAR, alpha=0.85))
     for i, pair in enumerate(_pairs(panel["percentiles"])):
         label = _percentile_label(pair)
@@ -103,9 +103,8 @@ def _draw_panel(ax: Any, name: str, panel: dict, log: bool, legend: dict, first_
     lo, hi = panel["min"], panel["max"]
     span = f" in [{lo:.3g}, {hi:.3g}]" if lo is not None and hi is not None else ""
     ax.set_xlabel(f"value{span}", fontsize=8)
-    if first_column:  # one y label per row: every panel of a figure counts the same way
-        counted = "count of sampled values" if panel["sampled"] else "count"
-        ax.set_ylabel(counted + (" (log scale)" if log else ""), fontsize=8)
+    counted = "count of sampled values" if panel["sampled"] else "count"
+    ax.set_ylabel(counted + (" (log scale)" if log else ""), fontsize=8)
     _short_ticks(ax)
     ax.tick_params(labelsize=7)
 
@@ -200,9 +199,8 @@ def histograms(
     extra = 0.19 * math.ceil(entries / legend_columns) + (0.2 * heading.count("\n") if heading else 0.0)
     fig, axes = subplots(len(shown), cell, extra_height=extra)
     legend: dict[str, Any] = {}
-    columns = axes[0].get_subplotspec().get_gridspec().ncols
-    for i, (ax, (name, panel)) in enumerate(zip(axes, parts)):
-        _draw_panel(ax, name, panel, log, legend, i % columns == 0)
+    for ax, (name, panel) in zip(axes, parts):
+        _draw_panel(ax, name, panel, log, legend)
     fig.legend(list(legend.values()), list(legend), loc="outside lower center", fontsize=8,
                ncols=min(legend_columns, len(legend)), frameon=False)
     if heading:
