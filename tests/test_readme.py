@@ -105,12 +105,21 @@ def test_every_python_block_runs_and_prints_what_it_shows(tmp_path, monkeypatch)
     blocks = python_blocks()
     assert blocks, "the README's tour is a ```python block"
     monkeypatch.chdir(tmp_path)
+    import matplotlib
+
+    matplotlib.use("Agg")
     namespace: dict = {"__name__": "__readme__"}
     problems = []
-    for i, source in enumerate(blocks):
-        problems += run_block(source, namespace, f"README.md python block {i + 1}")
+    try:
+        for i, source in enumerate(blocks):
+            problems += run_block(source, namespace, f"README.md python block {i + 1}")
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close("all")
     assert not problems, "\n\n".join(problems)
     assert sum(bool(shown) for source in blocks for _, _, shown in steps(source)) >= 5
+    assert (tmp_path / "feats.h5").stat().st_size > 0 and "<svg" in (tmp_path / "mobilenetv2.svg").read_text()
 
 
 # ---------------------------------------------------------------------------
