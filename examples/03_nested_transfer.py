@@ -5,6 +5,11 @@ weights so nothing is downloaded) as one layer. Keras cannot build a model from
 the outer input to a layer inside the base; kerasurgery addresses it as
 ``mobilenetv2/block_13_expand_relu`` and builds the probe for you.
 
+The script checks its claims with numbers (an AssertionError stops it if one
+does not hold): the inner point equals what a sub-model of the base built by
+hand computes, the logits equal a numpy head over the base's features, and the
+saved probe reloads with equal outputs.
+
 Run: python examples/03_nested_transfer.py [--out DIR]
 """
 
@@ -21,6 +26,7 @@ import kerasurgery as ks
 
 
 def main(out: str) -> None:
+    keras.utils.set_random_seed(0)
     base = keras.applications.MobileNetV2(
         input_shape=(64, 64, 3), include_top=False, weights=None, name="mobilenetv2"
     )
@@ -46,13 +52,31 @@ def main(out: str) -> None:
     for address, value in found.items():
         print(f"{address:36s} {value.shape}")
 
+    # The reference: a sub-model of the base alone (from the base's own input, which Keras allows).
+    inner = keras.Model(base.input, [base.get_layer("block_13_expand_relu").output,
+                                     base.get_layer("block_13_expand_BN").output, base.output])
+    relu, bn, features = (keras.ops.convert_to_numpy(v) for v in inner(images, training=False))
+    w, b = model.get_layer("predictions").get_weights()
+    head = features.mean(axis=(1, 2)) @ w + b
+    checks = {
+        "mobilenetv2/block_13_expand_relu vs the base's sub-model": (found["mobilenetv2/block_13_expand_relu"], relu),
+        "mobilenetv2/block_13_expand_relu:pre vs block_13_expand_BN": (found["mobilenetv2/block_13_expand_relu:pre"],
+                                                                       bn),
+        "predictions:pre vs numpy head on the base's features": (found["predictions:pre"], head),
+    }
+    for what, (value, reference) in checks.items():
+        scale = np.abs(reference).max()  # random weights: deep values are small, so compare relative to them
+        print(f"{what}: largest value {scale:.1e}, max difference {np.abs(value - reference).max():.1e}")
+        np.testing.assert_array_less(0, scale, err_msg=f"{what}: an all-zero reference proves nothing")
+        np.testing.assert_allclose(value, reference, rtol=1e-4, atol=1e-5 * scale, err_msg=what)
+
     # The probe shares the base's weights; it saves and loads like any model.
     path = os.path.join(out, "probe.keras")
     probe.save(path)
     again = keras.saving.load_model(path)
     again_logits = keras.ops.convert_to_numpy(again(images, training=False)["predictions:pre"])
-    same = np.allclose(again_logits, found["predictions:pre"], atol=1e-5)
-    print("wrote", path, "| reloaded outputs equal:", same)
+    np.testing.assert_allclose(again_logits, found["predictions:pre"], rtol=1e-5, atol=0)
+    print("wrote", path, "| the reloaded probe's outputs are equal")
 
 
 if __name__ == "__main__":

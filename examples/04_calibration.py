@@ -7,6 +7,11 @@ statistics (bounded memory), here of every value before an activation
 (``"*:pre"``). From them we derive int8 scales two ways: from the full range,
 and clipped at a high percentile, which ignores rare outliers.
 
+The script checks its claims with numbers (an AssertionError stops it if one
+does not hold): for every point, the calibrated count, min and max equal
+numpy's over the activations `collect` keeps in memory; the clipped range lies
+inside the full one; the split model's outputs equal the original's.
+
 Run: python examples/04_calibration.py [--out DIR]
 """
 
@@ -19,12 +24,14 @@ import tempfile
 
 import keras
 import matplotlib.pyplot as plt
+import numpy as np
 
 import kerasurgery as ks
 from kerasurgery.cli.demo import build_model, make_shapes
 
 
 def main(out: str) -> None:
+    keras.utils.set_random_seed(0)
     x, y = make_shapes(800)
     model = build_model()  # a small CNN: conv_1..conv_3, dense, predictions
     model.compile("adam", "sparse_categorical_crossentropy")
@@ -44,6 +51,17 @@ def main(out: str) -> None:
                            "clipped_scale": clipped / 127, "clip_percentiles": [bottom, top]}
         print(f"{address:16s} {d['min']:8.3f} {d['max']:8.3f} {clipped:8.3f}  "
               f"{absmax / 127:.5f} / {clipped / 127:.5f}")
+        np.testing.assert_array_less(clipped, absmax + 1e-6, err_msg=f"{address}: clipped range outside the range")
+
+    # The check: the same points kept in memory by `collect`, reduced by numpy.
+    values = ks.collect(model, x, "*:pre", batch_size=64)
+    print(f"{'point':16s} {'count':>9s} {'|min - numpy min|':>18s} {'|max - numpy max|':>18s}")
+    for address, s in stats.items():
+        d, v = s.to_dict(), values[address]
+        print(f"{address:16s} {d['count']:9d} {abs(d['min'] - v.min()):18.1e} {abs(d['max'] - v.max()):18.1e}")
+        np.testing.assert_equal(d["count"], v.size, err_msg=f"{address}: count")
+        np.testing.assert_allclose([d["min"], d["max"]], [v.min(), v.max()], rtol=1e-6, atol=1e-6,
+                                   err_msg=f"{address}: min/max differ from numpy's")
 
     path = os.path.join(out, "ranges.json")
     with open(path, "w") as f:
@@ -58,7 +76,9 @@ def main(out: str) -> None:
     # then the ranges above are the ranges of the linear layers' outputs.
     split = ks.split_activations(model)
     print("split model:", [layer.name for layer in split.layers if layer.name.endswith("_activation")])
-    print("outputs equal:", ks.compare(model, split, x[:64])["predictions"]["max_abs"] < 1e-5)
+    difference = ks.compare(model, split, x[:64])["predictions"]["max_abs"]
+    print(f"largest output difference of the split model: {difference:.1e}")
+    np.testing.assert_array_less(difference, 1e-5)
     keras.backend.clear_session()
 
 

@@ -6,6 +6,12 @@ attached to on a fixed batch after each epoch; here we follow the fraction of
 "dead" ReLU units (pre-activation below zero for every sample), a common
 training pathology, and check the checking model sees exactly what training did.
 
+The script checks its claims with numbers (an AssertionError stops it if one
+does not hold): every variable of the checking model is a variable of the
+training model (the same object), the records moved during training, the last
+record of ``hidden_1:pre`` equals numpy's ``x W + b`` with the trained weights,
+and the checking model reproduces the last record of every point.
+
 Run: python examples/05_probe_training.py [--out DIR]
 """
 
@@ -32,6 +38,7 @@ def make_data(n=1000, seed=0):
 
 
 def main(out: str) -> None:
+    keras.utils.set_random_seed(0)
     x, y = make_data()
     inputs = keras.Input((10,), name="x")
     h = keras.layers.Dense(32, activation="relu", name="hidden_1")(inputs)
@@ -53,10 +60,20 @@ def main(out: str) -> None:
         print(f"{epoch:5d}  {history.history['accuracy'][epoch]:8.3f}  "
               + "  ".join(f"{dead[p][epoch]:>{len(p) + 8}.2%}" for p in POINTS))
 
-    # The checking model shares the trained weights: it reproduces the last record.
+    # The pair shares variables (the same objects), so the checking model follows training.
+    shared = {id(v) for v in training.weights}
+    np.testing.assert_equal([id(v) in shared for v in checking.weights], [True] * len(checking.weights))
+    print(f"the checking model's {len(checking.weights)} variables are all variables of the training model")
+    first, last = (np.asarray(recorder.history["hidden_1:pre"][i]) for i in (0, -1))
+    print(f"hidden_1:pre moved by up to {np.abs(last - first).max():.2f} between the first and last epoch")
+    np.testing.assert_array_less(1e-3, np.abs(last - first).max(), err_msg="the records should move")
+    w, b = model.get_layer("hidden_1").get_weights()
+    print(f"max |last record of hidden_1:pre - numpy x W + b| = {np.abs(last - (x[:256] @ w + b)).max():.1e}")
+    np.testing.assert_allclose(last, x[:256] @ w + b, atol=1e-5)
     now = checking.predict(x[:256], verbose=0)
-    print("checking model matches the last record:",
-          all(np.allclose(now[p], recorder.history[p][-1], atol=1e-5) for p in POINTS))
+    for p in POINTS:
+        print(f"max |checking model's {p} - its last record| = {np.abs(now[p] - recorder.history[p][-1]).max():.1e}")
+        np.testing.assert_allclose(now[p], recorder.history[p][-1], atol=1e-5)
 
     fig, ax = plt.subplots(figsize=(5, 3), layout="constrained")
     for p in POINTS:

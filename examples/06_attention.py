@@ -4,6 +4,11 @@
 MultiHeadAttention call, shape (batch, heads, target, source), even though the
 model was built without `return_attention_scores=True`.
 
+The script checks its claims with numbers (an AssertionError stops it if one
+does not hold): every row of the scores sums to 1, and the scores equal what
+the same MultiHeadAttention layer returns when called by hand on the embedded
+tokens with ``return_attention_scores=True``; the drawn heatmaps hold them.
+
 Run: python examples/06_attention.py [--out DIR]
 """
 
@@ -31,6 +36,7 @@ def make_data(n=1200, length=8, seed=0):
 
 
 def main(out: str) -> None:
+    keras.utils.set_random_seed(0)
     x, y = make_data()
     tokens = keras.Input((8,), dtype="int32", name="tokens")
     h = keras.layers.Embedding(len(WORDS), 16, name="embed")(tokens)
@@ -45,8 +51,17 @@ def main(out: str) -> None:
 
     probe = ks.expose(model, ["mha:scores"])
     scores = probe.predict(x[:4], verbose=0)["mha:scores"]
-    print("mha:scores", scores.shape, "(batch, heads, target, source); rows sum to",
-          np.round(scores[0, 0].sum(axis=-1)[:3], 4))
+    rows = scores.sum(axis=-1)
+    print("mha:scores", scores.shape,
+          f"(batch, heads, target, source); rows sum to 1 within {np.abs(rows - 1).max():.1e}")
+    np.testing.assert_allclose(rows, 1.0, atol=1e-5)
+    # The reference: the same layer called by hand on the embedded tokens, asking for its scores.
+    embedded = model.get_layer("embed")(x[:4])
+    _, by_hand = model.get_layer("mha")(embedded, embedded, return_attention_scores=True)
+    by_hand = keras.ops.convert_to_numpy(by_hand)
+    print(f"max |mha:scores - the layer called with return_attention_scores=True| = "
+          f"{np.abs(scores - by_hand).max():.1e}")
+    np.testing.assert_allclose(scores, by_hand, atol=1e-6)
     sentence = [WORDS[t] for t in x[0]]
     print("sentence 0:", " ".join(sentence))
     for head in range(scores.shape[1]):
@@ -54,6 +69,8 @@ def main(out: str) -> None:
         print(f"  head {head} attends most to position {most} ({sentence[most]!r})")
 
     fig = ks.plot.attention(scores[0], tokens=sentence, title="mha:scores, sentence 0")
+    drawn = [ax.images[0].get_array() for ax in fig.axes if ax.images]
+    np.testing.assert_allclose(np.stack(drawn), scores[0])  # one heatmap per head, holding its scores
     path = os.path.join(out, "attention.png")
     fig.savefig(path, dpi=100)
     plt.close(fig)

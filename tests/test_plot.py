@@ -24,7 +24,8 @@ import zoo  # noqa: E402
 
 import kerasurgery as ks  # noqa: E402
 from kerasurgery.ir import export as drawing
-from kerasurgery.plot import graph_figure as graphplot
+from kerasurgery.plot import graph_drawing, graph_figure as graphplot
+from kerasurgery.plot.columns import wrap_rows
 from kerasurgery.plot.layout import layered_layout  # noqa: E402
 from kerasurgery.errors import AddressError, DataError  # noqa: E402
 
@@ -156,7 +157,8 @@ class TestHistograms:
         acts = {f"p{i}": rng().normal(size=10) for i in range(5)}
         fig = ks.plot.histograms(acts, points=["p3", "p1"])
         assert [ax.get_title() for ax in fig.axes] == ["p3", "p1"]
-        assert len(ks.plot.histograms(acts, max_points=2).axes) == 2
+        fig = ks.plot.histograms(acts, max_points=2)
+        assert len(fig.axes) == 2 and "showing points 1-2 of 5" in fig.get_suptitle()
 
     def test_statistics_draw_their_stored_histogram_and_range(self):
         values = rng().normal(size=1000)
@@ -205,6 +207,51 @@ class TestHistograms:
         assert fig.axes[0].patches[0].get_data().values.sum() == 8 * stats["conv:pre"].sampled
         fig = ks.plot.histograms(stats["conv:pre"])
         assert [ax.get_title() for ax in fig.axes] == ["conv:pre"]
+
+    def test_no_point_is_dropped_past_a_page(self):
+        """36 points (MobileNetV2 has 36 `:pre`) at 16 a page: three figures hold all, in order."""
+        acts = {f"block_{i}:pre": rng().normal(size=30) for i in range(36)}
+        figs = ks.plot.histogram_pages(acts, title="pre")
+        assert [len(fig.axes) for fig in figs] == [16, 16, 4]
+        assert [ax.get_title() for fig in figs for ax in fig.axes] == list(acts)
+        for page, fig in enumerate(figs):
+            assert [ax.get_title() for ax in ks.plot.histograms(acts, page=page).axes] == [
+                ax.get_title() for ax in fig.axes]
+        heading = figs[1].get_suptitle()
+        assert heading.startswith("pre\n") and "showing points 17-32 of 36: page=1 of pages 0-2" in heading
+        assert "points 1-16 of 36" in ks.plot.histograms(acts).get_suptitle()  # the default says so too
+        assert len(ks.plot.histograms(acts, max_points=None).axes) == 36
+        assert ks.plot.histograms(acts, max_points=None).get_suptitle() == ""  # nothing left out, no note
+        for bad in (dict(page=3), dict(page=-1), dict(max_points=0), dict(max_points=2.5)):
+            with pytest.raises(DataError, match="page|max_points"):
+                ks.plot.histograms(acts, **bad)
+
+    def test_axes_are_labelled_and_the_legend_names_each_percentile(self):
+        values = rng().normal(size=1000)
+        fig = ks.plot.histograms({"a": FakeStats(values), "b": FakeStats(values * 2)}, log=True)
+        a, b = fig.axes
+        assert a.get_xlabel().startswith("value in [") and b.get_xlabel().startswith("value in [")
+        assert a.get_ylabel() == b.get_ylabel() == "count (log scale)"
+        assert ks.plot.histograms(np.arange(9.0)).axes[0].get_ylabel() == "count"
+        (legend,) = fig.legends
+        assert [t.get_text() for t in legend.get_texts()] == [
+            "histogram", "1 and 99th percentiles", "min and max (every value)"]
+        marked = {line.get_gid(): line.get_xdata()[0] for line in a.lines}
+        assert marked["percentile:1"] == pytest.approx(np.percentile(values, 1))
+        assert marked["percentile:99"] == pytest.approx(np.percentile(values, 99))
+        assert marked["min"] == pytest.approx(values.min()) and marked["max"] == pytest.approx(values.max())
+
+    def test_real_statistics_legend_and_sampled_counts(self):
+        model = zoo.cnn_bn()
+        stats = ks.calibrate(model, zoo.sample_inputs(model, batch=4), "conv:pre", sample=16)
+        assert not stats["conv:pre"].exact
+        fig = ks.plot.histograms(stats)
+        assert fig.axes[0].get_ylabel() == "count of sampled values"
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert labels == ["histogram", "median (50th percentile)", "5 and 95th percentiles", "1 and 99th percentiles",
+                          "0.1 and 99.9th percentiles", "min and max (every value)"]
+        gids = sorted(line.get_gid() for line in fig.axes[0].lines)
+        assert gids == sorted(["min", "max"] + [f"percentile:{q:g}" for q in stats["conv:pre"].quantiles])
 
     def test_single_array(self):
         fig = ks.plot.histograms(np.arange(10.0), title="x")
@@ -268,7 +315,8 @@ class TestAttention:
 
 
 def boxes(fig):
-    return {t.get_gid(): t for t in fig.axes[0].texts if t.get_gid() and not t.get_gid().startswith("cluster:")}
+    """The node boxes (their gid is the node key; markers and cluster labels have "kind:" gids)."""
+    return {t.get_gid(): t for t in fig.axes[0].texts if t.get_gid() and ":" not in t.get_gid()}
 
 
 class TestGraph:
@@ -277,12 +325,12 @@ class TestGraph:
         model = zoo.ZOO[name]()
         fig = ks.plot.graph(model, engine="matplotlib")
         assert set(boxes(fig)) == set(ks.to_graph(model).nodes)
-        assert fig.axes[0].get_title() == model.name
+        assert fig.get_suptitle() == model.name
 
     def test_labels_show_class_activation_and_shape(self):
         fig = ks.plot.graph(zoo.mlp(), engine="matplotlib", title="my mlp")
         assert boxes(fig)["dense_1"].get_text() == "dense_1\nDense (relu)\n(None, 16)"
-        assert fig.axes[0].get_title() == "my mlp"
+        assert fig.get_suptitle() == "my mlp"
         fig = ks.plot.graph(zoo.mlp(), engine="matplotlib", show_shapes=False)
         assert boxes(fig)["dense_1"].get_text() == "dense_1\nDense (relu)"
 
@@ -335,6 +383,18 @@ class TestGraph:
         ks.plot.save_graph(zoo.mlp(), tmp_path / "g.svg")
         assert (tmp_path / "g.svg").read_bytes() == b"<svg/>" and seen[-1][1] == "svg"
 
+    def test_auto_draws_long_graphs_in_columns_even_with_graphviz(self, monkeypatch):
+        import keras
+
+        used = []
+        monkeypatch.setattr(graphplot, "graphviz_available", lambda: True)
+        monkeypatch.setattr(graphplot, "_graphviz_figure", lambda *args: used.append("graphviz"))
+        ks.plot.graph(zoo.mlp())
+        assert used == ["graphviz"]
+        model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None, include_top=False)
+        fig = ks.plot.graph(model)
+        assert used == ["graphviz"] and set(boxes(fig)) == set(ks.to_graph(model).nodes)
+
     @pytest.mark.skipif(not graphplot.graphviz_available(), reason="pydot or Graphviz's dot not installed")
     def test_real_graphviz(self, tmp_path):
         fig = ks.plot.graph(zoo.siamese(), highlight=["encoder/proj@1"])
@@ -343,13 +403,113 @@ class TestGraph:
         text = (tmp_path / "g.svg").read_text()
         assert "<svg" in text and "proj@1" in text and "encoder" in text
 
-    def test_large_graph_stays_a_bounded_picture(self):
+
+
+#: Readable: text at least this many pixels per line at the figure's default dpi (8-point
+#: text at 100 dpi is 13 px a line; the unwrapped MobileNetV2 drawing had 3.6-point text, 6 px).
+MIN_LINE_PX = 11.0
+#: ... and the name line of a box, as drawn in the PNG: dark pixels at least this tall (12 now, 7 before).
+MIN_GLYPH_PX = 10
+
+
+def line_heights(fig):
+    """Pixels per text line of every box, measured by the renderer at the figure's dpi."""
+    renderer = fig.canvas.get_renderer()
+    return {k: t.get_window_extent(renderer).height / (t.get_text().count("\n") + 1) for k, t in boxes(fig).items()}
+
+
+def glyph_height(fig, key):
+    """Height in pixels of the dark pixels of the first line of box `key` in the PNG at the default dpi."""
+    import io
+
+    text = boxes(fig)[key]
+    fig.canvas.draw()
+    box = text.get_window_extent(fig.canvas.get_renderer())
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")  # the default dpi: the figure's
+    image = plt.imread(io.BytesIO(buffer.getvalue()))[..., :3].mean(axis=-1)
+    top = image.shape[0] - int(box.y1)
+    lines = text.get_text().count("\n") + 1
+    first = image[top: top + int(box.height / lines) + 1, int(box.x0): int(box.x1) + 1]
+    dark = np.flatnonzero((first < 0.45).any(axis=1))
+    return int(dark[-1] - dark[0] + 1) if dark.size else 0
+
+
+def overlapping(fig):
+    fig.canvas.draw()  # places the boxes' patches
+    renderer = fig.canvas.get_renderer()
+    extents = {k: t.get_bbox_patch().get_window_extent(renderer) for k, t in boxes(fig).items()}
+    keys = sorted(extents)
+    return [(a, b) for i, a in enumerate(keys) for b in keys[i + 1:] if extents[a].overlaps(extents[b])]
+
+
+class TestReadableGraph:
+    """Large graphs wrap into columns: the text keeps its size, every node is drawn, a legend names colours."""
+
+    @pytest.mark.parametrize("name", ["MobileNetV2", "ResNet50"])
+    def test_real_models(self, name):
         import keras
 
-        model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None, include_top=False)
+        model = getattr(keras.applications, name)(weights=None, input_shape=(96, 96, 3))
+        graph = ks.to_graph(model)
+        fig = ks.plot.graph(model, engine="matplotlib", highlight=["predictions:pre"])
+        assert set(boxes(fig)) == set(graph.nodes)  # every node present
+        assert min(line_heights(fig).values()) >= MIN_LINE_PX
+        assert glyph_height(fig, "block_2_add" if name == "MobileNetV2" else "conv2_block1_add") >= MIN_GLYPH_PX
+        width, height = fig.get_size_inches()
+        assert max(width, height) <= graph_drawing.MAX_INCHES and width > height  # columns, not a strip
+        assert not overlapping(fig)
+        texts = fig.axes[0].texts
+        to = {t.get_gid()[3:] for t in texts if (t.get_gid() or "").startswith("to:")}
+        came = {t.get_gid()[5:] for t in texts if (t.get_gid() or "").startswith("from:")}
+        assert to and to == came  # every arrow leaving a column arrives at the top of another
+        (legend,) = fig.legends
+        labels = [t.get_text() for t in legend.get_texts()]
+        classes = {graph.nodes[k]["class_name"] for k in graph}
+        assert classes <= {c for label in labels for c in label.split(", ")}
+        assert "highlighted point" in labels
+
+    @pytest.mark.parametrize("name", sorted(zoo.ZOO))
+    def test_zoo_models(self, name):
+        model = zoo.ZOO[name]()
+        graph = ks.to_graph(model)
         fig = ks.plot.graph(model, engine="matplotlib")
-        assert max(fig.get_size_inches()) <= graphplot._MAX_INCHES + 1e-6
-        assert len(boxes(fig)) == len(ks.to_graph(model))
+        assert set(boxes(fig)) == set(graph.nodes)
+        assert min(line_heights(fig).values()) >= MIN_LINE_PX
+        assert not overlapping(fig)
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert {graph.nodes[k]["class_name"] for k in graph} <= {c for label in labels for c in label.split(", ")}
+        if any(graph.nodes[k]["kind"] == "op" for k in graph):
+            assert "raw keras.ops operation" in labels
+
+    def test_legend_colours_are_the_box_colours(self):
+        fig = ks.plot.graph(zoo.cnn_bn(), engine="matplotlib")
+        legend = fig.legends[0]
+        colour_of = {t.get_text(): h.get_facecolor() for t, h in zip(legend.get_texts(), legend.legend_handles)}
+        for key, text in boxes(fig).items():
+            cls = text.get_text().split("\n")[1].split(" (")[0]
+            (label,) = [label for label in colour_of if cls in label.split(", ")]
+            assert text.get_bbox_patch().get_facecolor() == pytest.approx(colour_of[label]), key
+
+    def test_saved_png_keeps_the_text_size(self, tmp_path, monkeypatch):
+        import keras
+
+        monkeypatch.setattr(graphplot, "graphviz_available", lambda: False)
+        model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None, include_top=False)
+        ks.plot.save_graph(model, tmp_path / "g.png")
+        fig = ks.plot.graph(model, engine="matplotlib")
+        height, width = plt.imread(tmp_path / "g.png").shape[:2]
+        assert np.allclose((width, height), fig.get_size_inches() * 110, atol=1)  # save_graph: 110 dpi
+        assert min(line_heights(fig).values()) * 1.1 >= MIN_LINE_PX
+
+    def test_columns_cut_after_single_rows(self):
+        widths = [1, 2, 2, 1, 2, 2, 2, 1, 2, 2, 1, 2] * 10
+        spans = wrap_rows(widths, 20)
+        assert spans[0][0] == 0 and spans[-1][1] == len(widths)
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # every row once, in order
+        assert all(widths[stop - 1] == 1 for _, stop in spans[:-1])
+        assert all(14 <= stop - start <= 20 for start, stop in spans[:-1])
+        assert wrap_rows([2] * 10, 24) == [(0, 10)]
 
 
 # ---------------------------------------------------------------------------

@@ -1,12 +1,16 @@
-"""``kerasurgery demo``: every main job on a tiny CNN, in well under a minute.
+"""``kerasurgery demo``: every job of the README on small models, in well under a minute.
 
 It draws its own data (squares, circles and crosses on a noisy 32x32 canvas),
-trains a small CNN for a few epochs, then shows: logits through `expose`, a
-split model, a probe pair trained with an `ActivationRecorder`, collected
-activations and calibration ranges. It writes feature maps, histograms, the
-graph drawing and a few input samples as PNG files to an output folder, with
-the trained model (``shapes_cnn.keras``) and some inputs (``shapes.npy``) to
-try the other commands on. Nothing is downloaded.
+trains a small CNN for a few epochs, then shows each job of the README's
+table: the points, logits through `expose`, a split model, a probe pair
+trained with an `ActivationRecorder`, collected activations and features
+streamed to disk, calibration ranges, an inner layer of a nested
+(transfer-learning) model, the attention weights of a tiny attention model,
+and surgery on the graph with networkx. It writes feature maps, histograms,
+attention heatmaps, the graph drawing and a few input samples as PNG files to
+an output folder, with the trained model (``shapes_cnn.keras``), some inputs
+(``shapes.npy``) and the streamed features (``features.h5``) to try the other
+commands on. Nothing is downloaded.
 
 Example:
     >>> from kerasurgery.cli import demo
@@ -75,6 +79,36 @@ def build_model() -> Any:
     return keras.Model(x, y, name="shapes_cnn")
 
 
+WORDS = ("the", "a", "cat", "dog", "sat", "ran", "on", "mat", "big", "small")
+
+
+def make_sentences(count: int, length: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`count` random sentences of `WORDS` (token ids) and whether "cat" occurs in each.
+
+    Example:
+        >>> x, y = make_sentences(4)
+        >>> x.shape, bool(((x == WORDS.index("cat")).any(axis=1) == y).all())
+        ((4, 8), True)
+    """
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, len(WORDS), (count, length))
+    tokens[rng.random(count) < 0.5, rng.integers(0, length)] = WORDS.index("cat")
+    return tokens.astype("int32"), (tokens == WORDS.index("cat")).any(axis=1).astype("int32")
+
+
+def build_attention_model() -> Any:
+    """A tiny attention model: embedding, one MultiHeadAttention (2 heads), pooling, softmax."""
+    import keras
+    from keras import layers
+
+    tokens = keras.Input((8,), dtype="int32", name="tokens")
+    h = layers.Embedding(len(WORDS), 16, name="embed")(tokens)
+    a = layers.MultiHeadAttention(num_heads=2, key_dim=8, name="mha")(h, h)
+    h = layers.LayerNormalization(name="norm")(layers.Add(name="residual")([h, a]))
+    h = layers.GlobalMaxPooling1D(name="pool")(h)
+    return keras.Model(tokens, layers.Dense(2, activation="softmax", name="predictions")(h), name="tiny_attention")
+
+
 def _numpy(value: Any) -> Any:
     import keras
 
@@ -126,7 +160,8 @@ def run(out: str = "kerasurgery-demo", *, epochs: int = 4, seed: int = 0,
         echo: where each line of the tour goes.
 
     Returns:
-        ``{name: path}`` of every file written (pictures, ``model``, ``data``).
+        ``{name: path}`` of every file written (pictures, ``model``, ``data``,
+        ``features``).
     """
     try:
         import matplotlib  # noqa: F401
@@ -140,9 +175,6 @@ def run(out: str = "kerasurgery-demo", *, epochs: int = 4, seed: int = 0,
     import keras
 
     import kerasurgery as ks
-    from kerasurgery.equivalence import compare
-    from kerasurgery.runtime.collect import collect
-    from kerasurgery.stats.calibrate import calibrate
 
     start = time.perf_counter()
     out = os.path.abspath(out)
@@ -162,43 +194,31 @@ def run(out: str = "kerasurgery-demo", *, epochs: int = 4, seed: int = 0,
     names = ks.points(model)
     echo(f"   ks.points(model) lists {len(names)} addresses: {', '.join(names)}")
 
-    probe = ks.expose(model, ["predictions:pre"], keep_outputs=True)
-    found = _numpy(probe(x_test[:3], training=False))
-    echo("\n2. Logits: probe = ks.expose(model, ['predictions:pre'], keep_outputs=True)")
-    for i in range(3):
-        logits, probs = found["predictions:pre"][i], found["predictions"][i]
-        echo(f"   #{i} ({CLASSES[y_test[i]]:6s}) logits {_fmt(logits)}  softmax {_fmt(probs)}")
-    same = np.allclose(_numpy(keras.ops.softmax(found["predictions:pre"])),
-                       found["predictions"], atol=1e-5)
-    echo(f"   softmax(logits) equals the model's output: {same}")
-
+    _logits_step(ks, model, x_test, y_test, echo)
     split = ks.split_activations(model)
-    diff = compare(model, split, x_test)
+    diff = ks.compare(model, split, x_test)
     echo("\n3. Split: split = ks.split_activations(model) keeps each layer's weights and adds "
          "an Activation layer after it:")
     echo(f"   {' -> '.join(layer.name for layer in split.layers)}")
     echo(f"   largest output difference from the original: {diff['predictions']['max_abs']:.2g}")
-
     _probe_pair_step(ks, model, x_train, y_train, x_test, echo)
-
-    acts = collect(model, x_test[:64], ["conv_1", "conv_2", "conv_3", "dense"], batch_size=32)
-    echo("\n5. Collect: acts = ks.collect(model, x[:64], ['conv_1', 'conv_2', 'conv_3', 'dense'])")
-    for address, value in acts.items():
-        echo(f"   {address:8s} {tuple(value.shape)}  mean {float(np.mean(value)):.3f}")
-
-    stats = calibrate(model, x_test, "*:pre", batch_size=64)
+    acts = _collect_step(ks, files, model, x_test, echo)
+    stats = ks.calibrate(model, x_test, "*:pre", batch_size=64)
     echo("\n6. Calibrate: stats = ks.calibrate(model, x, '*:pre') -> ranges for quantization")
     for address, s in stats.items():
-        d = s.to_dict()
-        echo(f"   {address:16s} min {float(d['min']):8.3f}  max {float(d['max']):8.3f}  "
-             f"mean {float(d['mean']):7.3f}  std {float(d['std']):6.3f}")
+        echo(f"   {address:16s} min {float(s.min):8.3f}  max {float(s.max):8.3f}  "
+             f"mean {float(s.mean):7.3f}  std {float(s.std):6.3f}")
+    _nested_step(ks, model, x_test, echo)
+    scores, sentence = _attention_step(ks, echo)
+    _surgery_step(ks, model, x_test, echo)
 
     _pictures(ks, files, model, x_test, y_test, acts, stats)
+    files.save("attention", ks.plot.attention(scores, tokens=sentence, title="mha:scores of: " + " ".join(sentence)))
     files.written["model"] = os.path.join(out, "shapes_cnn.keras")
     model.save(files.written["model"])
     files.written["data"] = os.path.join(out, "shapes.npy")
     np.save(files.written["data"], x_test[:64])
-    echo(f"\n7. Files written to {out}:")
+    echo(f"\n10. Files written to {out}:")
     for name, path in files.written.items():
         echo(f"   {os.path.basename(path):24s} {_CAPTIONS[name]}")
     model_path, data_path = (os.path.relpath(files.written[k]) for k in ("model", "data"))
@@ -209,25 +229,38 @@ def run(out: str = "kerasurgery-demo", *, epochs: int = 4, seed: int = 0,
 
 
 _CAPTIONS = {
+    "features": "conv_3 and dense for 200 test images, streamed by collect(path=...)",
     "inputs": "six demo inputs with the model's predictions",
     "feature_maps_conv_1": "conv_1 (8 channels) for input #0: one image per channel",
     "feature_maps_conv_2": "conv_2 (16 channels) for input #0",
     "histograms": "histograms of every pre-activation (from calibrate)",
     "graph": "the model's graph; exposed points in red",
+    "attention": "the attention weights of both heads, query tokens by key tokens",
     "model": "the trained model, for `kerasurgery inspect` and friends",
     "data": "64 test images (N, 32, 32, 1), for --data",
 }
 
 
-def _probe_pair_step(ks: Any, model: Any, x_train: Any, y_train: Any, x_test: Any, echo: Any) -> None:
+def _logits_step(ks: Any, model: Any, x_test: Any, y_test: Any, echo: Any) -> None:
     import keras
 
-    from kerasurgery.recorder import ActivationRecorder
+    probe = ks.expose(model, ["predictions:pre"], keep_outputs=True)
+    found = _numpy(probe(x_test[:3], training=False))
+    echo("\n2. Logits: probe = ks.expose(model, ['predictions:pre'], keep_outputs=True)")
+    for i in range(3):
+        logits, probs = found["predictions:pre"][i], found["predictions"][i]
+        echo(f"   #{i} ({CLASSES[y_test[i]]:6s}) logits {_fmt(logits)}  softmax {_fmt(probs)}")
+    same = np.allclose(_numpy(keras.ops.softmax(found["predictions:pre"])), found["predictions"], atol=1e-5)
+    echo(f"   softmax(logits) equals the model's output: {same}")
+
+
+def _probe_pair_step(ks: Any, model: Any, x_train: Any, y_train: Any, x_test: Any, echo: Any) -> None:
+    import keras
 
     before = [w.copy() for w in model.get_weights()]
     training, checking = ks.probe_pair(model, ["conv_2:pre", "dense"], copy=True)
     training.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
-    recorder = ActivationRecorder(["conv_2:pre", "dense"], x_test[:32])
+    recorder = ks.ActivationRecorder(["conv_2:pre", "dense"], x_test[:32])
     start = _numpy(checking(x_test[:32], training=False))["dense"].mean()
     training.fit(x_train[:320], y_train[:320], epochs=2, batch_size=32, verbose=0, callbacks=[recorder])
     end = _numpy(checking(x_test[:32], training=False))["dense"].mean()
@@ -241,6 +274,74 @@ def _probe_pair_step(ks: Any, model: Any, x_train: Any, y_train: Any, x_test: An
     echo(f"   the original model is untouched (copy=True): {unchanged}")
 
 
+def _collect_step(ks: Any, files: _Writer, model: Any, x_test: Any, echo: Any) -> dict:
+    acts = ks.collect(model, x_test[:64], ["conv_1", "conv_2", "conv_3", "dense"], batch_size=32)
+    echo("\n5. Collect: acts = ks.collect(model, x[:64], ['conv_1', 'conv_2', 'conv_3', 'dense'])")
+    for address, value in acts.items():
+        echo(f"   {address:8s} {str(tuple(value.shape)):17s} mean {float(np.mean(value)):.3f}")
+    path = files.written["features"] = os.path.join(files.out, "features.h5")
+    with ks.collect(model, x_test, ["conv_3", "dense"], path=path, overwrite=True, progress=False) as feats:
+        echo("   feature extraction to disk, one batch in memory at a time: "
+             "ks.collect(model, x, ['conv_3', 'dense'], path='features.h5')")
+        echo(f"   features.h5 holds {', '.join(f'{a} {feats[a].shape}' for a in feats)}; "
+             f"equal to the in-memory dense: {np.allclose(feats['dense'][:64], acts['dense'], atol=1e-6)}")
+    return acts
+
+
+def _nested_step(ks: Any, model: Any, x_test: Any, echo: Any) -> None:
+    import keras
+
+    base = keras.Model(model.input, model.get_layer("conv_3").output, name="shapes_base")
+    inputs = keras.Input((SIZE, SIZE, 1), name="new_image")
+    h = keras.layers.GlobalAveragePooling2D(name="new_gap")(base(inputs))
+    transfer = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="new_head")(h), name="transfer")
+    echo("\n7. Transfer learning: a new model calls the trained CNN's first layers as one nested model "
+         "'shapes_base'")
+    try:
+        keras.Model(transfer.input, base.get_layer("conv_2").output)
+        echo("   keras.Model(transfer.input, <inner tensor>) works here")
+    except ValueError as e:
+        echo(f"   keras.Model(transfer.input, <inner tensor of the base>) fails: {str(e).splitlines()[0][:60]} ...")
+    inner = _numpy(ks.expose(transfer, ["shapes_base/conv_2"])(x_test[:8], training=False))["shapes_base/conv_2"]
+    reference = _numpy(keras.Model(base.input, base.get_layer("conv_2").output)(x_test[:8], training=False))
+    echo(f"   ks.expose(transfer, ['shapes_base/conv_2']) works: shape {inner.shape}, equal to the base's own "
+         f"sub-model: {np.allclose(inner, reference, atol=1e-6)}")
+
+
+def _attention_step(ks: Any, echo: Any) -> tuple[np.ndarray, list[str]]:
+    import keras
+
+    x, y = make_sentences(1000)
+    model = build_attention_model()
+    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=4, batch_size=32, verbose=0)
+    scores = _numpy(ks.expose(model, ["mha:scores"])(x[:1], training=False))["mha:scores"]
+    sentence = [WORDS[t] for t in x[0]]
+    echo(f"\n8. Attention: a tiny attention model (is 'cat' in the sentence? accuracy "
+         f"{model.evaluate(x, y, verbose=0)[1]:.2f}), built without return_attention_scores")
+    echo(f"   ks.expose(model, ['mha:scores']) -> shape {scores.shape} (batch, heads, query, key); "
+         f"rows sum to 1: {np.allclose(scores.sum(axis=-1), 1, atol=1e-5)}")
+    echo(f"   sentence 0: {' '.join(sentence)}")
+    for head in range(scores.shape[1]):
+        most = int(scores[0, head].mean(axis=0).argmax())
+        echo(f"   head {head} attends most to position {most} ({sentence[most]!r})")
+    return scores[0], sentence
+
+
+def _surgery_step(ks: Any, model: Any, x_test: Any, echo: Any) -> None:
+    g = ks.to_graph(model)
+    (parent,), (child,) = g.predecessors("dropout"), g.successors("dropout")
+    feeds = g.edges["dropout", child]["feeds"]
+    g.remove_node("dropout")
+    g.add_edge(parent, child, feeds=feeds)
+    edited = ks.to_model(g, name="no_dropout")
+    diff = ks.compare(model, edited, x_test)["predictions"]["max_abs"]
+    echo("\n9. Surgery: g = ks.to_graph(model); remove the 'dropout' node and wire 'dense' to 'predictions' "
+         "with networkx; ks.to_model(g)")
+    echo(f"   layers: {' -> '.join(layer.name for layer in edited.layers)}")
+    echo(f"   largest output difference from the original (Dropout is inactive in inference): {diff:.2g}")
+
+
 def _pictures(ks: Any, files: _Writer, model: Any, x: Any, y: Any, acts: dict, stats: dict) -> None:
     probs = _numpy(model(x[:6], training=False))
     files.save("inputs", _samples_figure(x, y, probs))
@@ -249,4 +350,4 @@ def _pictures(ks: Any, files: _Writer, model: Any, x: Any, y: Any, acts: dict, s
         files.save(f"feature_maps_{name}", fig)
     files.save("histograms", ks.plot.histograms(stats, log=True, title="pre-activation ranges (calibrate)"))
     files.save("graph", ks.plot.graph(model, highlight=["predictions:pre", "conv_2:pre", "dense"],
-                                      title=f"{model.name}: red boxes hold the points the demo exposed"))
+                                      title=f"{model.name}: red borders mark the points the demo exposed"))

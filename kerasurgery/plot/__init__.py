@@ -9,7 +9,9 @@ with ``pip install kerasurgery[plot]``).
 =================  ==========================================================
 `feature_maps`     one image per channel of an (H, W, C) activation
 `histograms`       value distributions of collected activations or of
-                   `kerasurgery.calibrate` statistics, one panel per point
+                   `kerasurgery.calibrate` statistics, one panel per point,
+                   at most `max_points` a figure (``page=`` for the others)
+`histogram_pages`  every page of `histograms`, one figure each
 `attention`        one heatmap per head of ``:scores``, with token labels
 `graph`            the model's DAG (Graphviz when installed, else matplotlib)
 `save_graph`       a drawing of the DAG to .svg, .png or .pdf
@@ -23,8 +25,8 @@ Example:
 """
 
 from kerasurgery.plot.attention_maps import attention
-from kerasurgery.plot.distributions import histograms
+from kerasurgery.plot.distributions import histogram_pages, histograms
 from kerasurgery.plot.graph_figure import graph, save_graph
 from kerasurgery.plot.maps import feature_maps
 
-__all__ = ["attention", "feature_maps", "graph", "histograms", "save_graph"]
+__all__ = ["attention", "feature_maps", "graph", "histogram_pages", "histograms", "save_graph"]

@@ -31,11 +31,11 @@ def grid(count: int) -> tuple[int, int]:
     return math.ceil(count / cols), cols
 
 
-def subplots(count: int, cell: float, extra_width: float = 0.0) -> tuple[Any, list]:
+def subplots(count: int, cell: float, extra_width: float = 0.0, extra_height: float = 0.0) -> tuple[Any, list]:
     """A figure with exactly `count` axes laid out on a near-square grid."""
     plt = pyplot()
     rows, cols = grid(count)
-    fig = plt.figure(figsize=(cols * cell + extra_width, rows * cell + 0.6), layout="constrained")
+    fig = plt.figure(figsize=(cols * cell + extra_width, rows * cell + 0.6 + extra_height), layout="constrained")
     axes = [fig.add_subplot(rows, cols, i + 1) for i in range(count)]
     return fig, axes
 

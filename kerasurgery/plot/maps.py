@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,6 +75,9 @@ def feature_maps(
         ax.set_yticks([])
     if scale == "shared" and image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label="activation")
+    elif image is not None:
+        note = "colours: each map from its own minimum (dark) to its maximum (bright, in its title)"
+        fig.supxlabel(textwrap.fill(note, max(30, int(fig.get_figwidth() * 72 / (8 * 0.55)))), fontsize=8)
     total = data.shape[-1]
     if shown == list(range(total)):
         what = f"{total} channel{'s' * (total != 1)}"

@@ -26,8 +26,8 @@ from kerasurgery.errors import DataError
 
 
 def _stats_parts(value: Any) -> tuple | None:
-    """``(counts, edges, min, max, percentiles)`` of a statistics object from
-    `kerasurgery.calibrate`, of its ``to_dict()``, or None for anything else.
+    """``(counts, edges, min, max, percentiles, sampled)`` of a statistics object
+    from `kerasurgery.calibrate`, of its ``to_dict()``, or None for anything else.
 
     Counts and edges have a leading channel axis; per-channel statistics keep one
     row per channel."""
@@ -39,7 +39,8 @@ def _stats_parts(value: Any) -> tuple | None:
         quantiles = tuple(getattr(value, "quantiles", ()) or ())
         per_tensor = np.ndim(value.min) == 0
         found = value.percentile(quantiles) if quantiles and per_tensor else ()
-        return counts, edges, value.min, value.max, dict(zip(quantiles, np.atleast_1d(found)))
+        sampled = not getattr(value, "exact", True)
+        return counts, edges, value.min, value.max, dict(zip(quantiles, np.atleast_1d(found))), sampled
     if not isinstance(value, Mapping) and callable(getattr(value, "to_dict", None)):
         value = value.to_dict()
     if not isinstance(value, Mapping):
@@ -57,7 +58,8 @@ def _stats_parts(value: Any) -> tuple | None:
     percentiles = value.get("percentiles") or {}
     if any(np.ndim(v) for v in percentiles.values()):
         percentiles = {}
-    return counts, edges, value.get("min"), value.get("max"), dict(percentiles)
+    sampled = "sampled" in value and "count" in value and value["sampled"] != value["count"]
+    return counts, edges, value.get("min"), value.get("max"), dict(percentiles), sampled
 
 
 def _coarsen(counts: np.ndarray, edges: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,11 +89,13 @@ def _coarsen(counts: np.ndarray, edges: np.ndarray, bins: int) -> tuple[np.ndarr
 def panel(name: str, value: Any, bins: int) -> dict:
     parts = _stats_parts(value)
     if parts is not None:
-        counts, edges, lo, hi, percentiles = parts
+        counts, edges, lo, hi, percentiles, sampled = parts
         counts, edges = _coarsen(np.asarray(counts, "float64"), np.asarray(edges, "float64"), bins)
         lo = None if lo is None else float(np.min(lo))
         hi = None if hi is None else float(np.max(hi))
-        return {"counts": counts, "edges": edges, "min": lo, "max": hi, "percentiles": percentiles}
+        percentiles = {float(q): float(v) for q, v in percentiles.items()}
+        return {"counts": counts, "edges": edges, "min": lo, "max": hi, "percentiles": percentiles,
+                "sampled": bool(sampled)}
     try:
         data = np.asarray(value)
     except (TypeError, ValueError):
@@ -105,4 +109,5 @@ def panel(name: str, value: Any, bins: int) -> dict:
     if data.size == 0:
         raise DataError(f"Expected finite values to histogram for {name!r}. Received: none.")
     counts, edges = np.histogram(data, bins=bins)
-    return {"counts": counts, "edges": edges, "min": float(data.min()), "max": float(data.max()), "percentiles": {}}
+    return {"counts": counts, "edges": edges, "min": float(data.min()), "max": float(data.max()), "percentiles": {},
+            "sampled": False}
