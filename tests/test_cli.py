@@ -418,11 +418,12 @@ class TestDemo:
         code, out, err = run(capsys, "demo", "-o", tmp_path / "demo")
         assert code == 0, err
         written = sorted(os.listdir(tmp_path / "demo"))
-        pictures = ["inputs.png", "feature_maps_conv_1.png", "feature_maps_conv_2.png", "histograms.png", "graph.png"]
-        assert written == sorted(pictures + ["shapes_cnn.keras", "shapes.npy"])
-        from kerasurgery.cli.commands import DEMO_FILES
+        pictures = ["inputs.png", "feature_maps_conv_1.png", "feature_maps_conv_2.png", "histograms.png", "graph.png",
+                    "attention.png"]
+        assert written == sorted(pictures + ["shapes_cnn.keras", "shapes.npy", "features.h5"])
+        from kerasurgery.cli.demo import FILES
 
-        assert sorted(DEMO_FILES) == written  # what --overwrite protects is what it writes
+        assert sorted(FILES) == written  # what --overwrite protects is what it writes
         umask = os.umask(0)
         os.umask(umask)
         assert {name: oct(os.stat(tmp_path / "demo" / name).st_mode & 0o777) for name in written} == {
@@ -430,7 +431,8 @@ class TestDemo:
         for name in pictures:
             image = plt.imread(tmp_path / "demo" / name)
             assert min(image.shape[:2]) > 150 and image.std() > 0.01, name
-        for step in ("1. ", "2. Logits", "3. Split", "4. Probe pair", "5. Collect", "6. Calibrate", "7. Files"):
+        for step in ("1. ", "2. Logits", "3. Split", "4. Probe pair", "5. Collect", "6. Calibrate",
+                     "7. Transfer", "8. Attention", "9. Surgery", "10. Files"):
             assert step in out
         assert str(tmp_path / "demo") in out
         # the files it leaves are what the next commands it suggests need

@@ -83,14 +83,10 @@ def _print_columns(rows: list[tuple[str, ...]]) -> None:
 
 
 #: The files `kerasurgery demo` writes into its folder (docs/cli.md lists them).
-DEMO_FILES = ("inputs.png", "feature_maps_conv_1.png", "feature_maps_conv_2.png", "histograms.png", "graph.png",
-              "shapes_cnn.keras", "shapes.npy")
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from kerasurgery.cli import demo
 
-    existing = [name for name in DEMO_FILES if os.path.lexists(os.path.join(args.output, name))]
+    existing = [name for name in demo.FILES if os.path.lexists(os.path.join(args.output, name))]
     if existing and not args.overwrite:
         raise DataError(
             f"Expected a folder without the demo's files. Received: {args.output!r}, which holds "

@@ -119,6 +119,11 @@ def _fmt(values: Any) -> str:
     return "[" + " ".join(f"{v:6.2f}" for v in np.asarray(values).ravel()) + "]"
 
 
+#: Every file `run` writes into its folder (what ``kerasurgery demo --overwrite`` replaces).
+FILES = ("inputs.png", "feature_maps_conv_1.png", "feature_maps_conv_2.png", "histograms.png", "graph.png",
+         "attention.png", "shapes_cnn.keras", "shapes.npy", "features.h5")
+
+
 class _Writer:
     """Saves figures into the output folder and remembers what it wrote."""
 

@@ -65,7 +65,7 @@ def fill_colour(class_name: str, kind: str = "layer") -> str:
     """The fill colour of a node in drawings, chosen by its layer family."""
     if kind == "input":
         return _FAMILIES[0][1]
-    lower = class_name.lower()
+    lower = class_name.lower().replace("padding", "")  # ZeroPadding2D is not an Add
     for family, colour in _FAMILIES[1:]:
         if family in lower:
             return colour
