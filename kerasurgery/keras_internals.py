@@ -19,6 +19,8 @@ inside a pass.
                                  (``training``)
 ``Layer._flatten_layers``        every layer inside a model, recursively
 ``Node.arguments/outputs``       a call's arguments and output tensors
+``keras.src.ops.function``       `Function`: a graph of recorded calls
+``Operation._outbound_nodes``    the calls that read an operation's outputs
 ==============================  ============================================
 """
 
@@ -115,3 +117,29 @@ def call_arguments(node: Any) -> tuple[tuple, dict, list]:
     """``(args, kwargs, keras_tensors)`` of a recorded call."""
     arguments = node.arguments
     return tuple(arguments.args), dict(arguments.kwargs), list(arguments.keras_tensors)
+
+
+def function(inputs: Any, outputs: Any) -> Any:
+    """A Keras ``Function``: the graph of recorded calls from `inputs` to `outputs`."""
+    from keras.src.ops.function import Function
+
+    return Function(inputs, outputs)
+
+
+def outbound_nodes(op: Any) -> list:
+    """Every recorded call that reads an output of `op`."""
+    return list(getattr(op, "_outbound_nodes", []))
+
+
+def truncate_calls(op: Any, inbound: int, outbound: int) -> None:
+    """Forget the calls recorded on `op` after the first `inbound`/`outbound` ones."""
+    del op._inbound_nodes[inbound:]
+    if hasattr(op, "_outbound_nodes"):
+        del op._outbound_nodes[outbound:]
+
+
+def is_builtin(op: Any) -> bool:
+    """Whether `op`'s ``call`` is Keras's own code (Dense, Conv2D, MultiHeadAttention, ...)."""
+    call = getattr(type(op), "call", None)
+    module = getattr(call, "__module__", "") or ""
+    return module == "keras" or module.startswith("keras.")
