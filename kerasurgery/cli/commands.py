@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import kerasurgery as ks
+import kerasurgery.layers  # noqa: F401 - registers the project's layers before any model is loaded
 from kerasurgery.errors import AddressError, DataError
 from kerasurgery.keras_internals import all_layers
 

@@ -199,17 +199,23 @@ class Builder:
         self._alias(path, op.name, sort_key, node.outputs)
 
     # -- opening ------------------------------------------------------------
-    def _open(self, node, op, path, context, sort_key, *, top: bool = False) -> None:
+    def _open(self, node, op, path, context, sort_key) -> None:
         """Trace the call of `op` and record its inner calls under ``path/op.name``."""
         args_t, kwargs_t, slots = self._slots(node, op, context)
+        outputs = self._open_call(op, args_t, kwargs_t, slots, path, context, sort_key, top=False)
+        for t_out, t_trace in zip(node.outputs, keras.tree.flatten(outputs)):
+            self.tensor_map[id(t_out)] = self.tensor_map[id(t_trace)]
+        self._alias(path, op.name, sort_key, node.outputs)
+
+    def _open_call(self, op, args_t, kwargs_t, slots, path, context, sort_key, *, top: bool) -> Any:
+        """Record the inner calls of a traced call; returns the trace's outputs (structure)."""
         tensors = {s: t for s, t in slots if isinstance(t, keras.KerasTensor)}
         specs = {s: (tuple(t.shape), str(t.dtype)) for s, t in tensors.items()}
         opened = open_call(op, args_t, kwargs_t, specs, fill)
         self.restores.append(opened.restore)
         trace = opened.trace
         outer = {s: self._lookup(t, op.name) for s, t in tensors.items()}
-        inputs = internals.flat_inputs(trace.function)
-        for s, t in zip(trace.slots, inputs):
+        for s, t in zip(trace.slots, internals.flat_inputs(trace.function)):
             self.tensor_map[id(t)] = outer[s]
         inner_path = path if top else path + (op.name,)
         anchor = outer[trace.slots[0]] if trace.slots else None
@@ -229,10 +235,7 @@ class Builder:
                 self._add_sized(inner_node, opened, k, inner_path, key, refs, name, inner_context)
             else:
                 self.visit(inner_node, inner_path, inner_context, key, shapes=shapes, name=name)
-        for t_out, t_trace in zip(node.outputs, internals.flat_outputs(trace.function)):
-            self.tensor_map[id(t_out)] = self.tensor_map[id(t_trace)]
-        if not top:
-            self._alias(path, op.name, sort_key, node.outputs)
+        return internals.output_structure(trace.function)
 
     def _add_sized(self, node, opened: Opened, k: int, path, sort_key, refs, name, context) -> None:
         """A call whose constants follow the input sizes, as a `SizedCall` record."""
@@ -255,9 +258,14 @@ class Builder:
         for i, t in enumerate(node.outputs):
             self.tensor_map[id(t)] = (rid, i)
 
-    def open_top(self, node: Any) -> None:
-        """Open the call of a subclassed model or a layer given to `to_graph` itself (no path prefix)."""
-        self._open(node, node.operation, (), {}, (0,), top=True)
+    def open_top(self, layer: Any, inputs: Any) -> Any:
+        """Trace a subclassed model or a layer given to `to_graph` itself (no path prefix).
+
+        Returns the outputs (structure of trace tensors) for the graph's outputs.
+        """
+        slots: list = []
+        args_t = (template(inputs, "0", slots),)
+        return self._open_call(layer, args_t, {}, slots, (), {}, (0,), top=True)
 
     def restore(self) -> None:
         """Forget every trace call recorded on the model's layers."""

@@ -173,9 +173,7 @@ def _read_traced(layer: Any, inputs: Any, builder: Builder) -> tuple[Any, Any]:
         symbolic = _symbolic_inputs(layer, inputs)
         for t in keras.tree.flatten(symbolic):
             builder.add_input(t)
-        outputs = layer(symbolic)
-        (node,) = internals.inbound_nodes(layer)[-1:]
-        builder.open_top(node)
+        outputs = builder.open_top(layer, symbolic)
     finally:
         restore()
     return symbolic, outputs
@@ -210,6 +208,35 @@ def _assemble(model: Any, builder: Builder, graph_inputs: Any, graph_outputs: An
     graph.graph["aliases"] = {k: [Ref(keys[rid], i) for rid, i in refs] for k, refs in aliases.items()}
     graph.graph["closed"] = closed
     return graph
+
+
+def graph_for(model: Any, *selectors: Any, open: Any = None) -> nx.DiGraph:  # noqa: A002
+    """The graph of `model` in which every address of `selectors` exists: opening on demand.
+
+    ``to_graph(model, open=open)``, and the layers on the paths of the
+    string addresses (and globs) in `selectors` opened as well:
+    ``transformer_layer_0/self_attention_layer:scores`` opens
+    ``transformer_layer_0``. A graph is returned as it is.
+
+    Example:
+        >>> import keras, kerasurgery as ks
+        >>> from kerasurgery.ir.from_keras import graph_for
+        >>> x = keras.Input((3,), name="x")
+        >>> model = keras.Model(x, keras.layers.Dense(2, name="d")(x))
+        >>> list(graph_for(model, ["d:pre"]).nodes)
+        ['x', 'd']
+    """
+    if isinstance(model, nx.DiGraph):
+        return model
+    paths = []
+    for selector in selectors:
+        if selector is None or (callable(selector) and not isinstance(selector, str)):
+            continue
+        paths.extend(i for i in ([selector] if isinstance(selector, str) else list(selector))
+                     if isinstance(i, str) and "/" in i)
+    if not paths and open in (None, False):
+        return to_graph(model)
+    return to_graph(model, open=Opener(open, paths_of=paths))
 
 
 def as_graph(model_or_graph: Any) -> nx.DiGraph:

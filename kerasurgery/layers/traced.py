@@ -128,8 +128,8 @@ class SizedCall(keras.layers.Layer):
         >>> import keras, numpy as np
         >>> from keras import ops
         >>> from kerasurgery.layers.traced import Dim, SizedCall
-        >>> x = keras.Input(batch_shape=(2, 3))
-        >>> op = ops.broadcast_to(x[:1], (2, 3))._keras_history.operation
+        >>> x = keras.Input(batch_shape=(1, 3))
+        >>> op = ops.broadcast_to(x, (2, 3))._keras_history.operation
         >>> sized = SizedCall(op, {"config": {"shape": (Dim(0, ((0, 1),)), 3)}, "args": (("__tensor__", 0),),
         ...                   "kwargs": {}}, axes=[0], outputs=[((Dim(0, ((0, 1),)), 3), "float32")])
         >>> ops.shape(sized([np.ones((1, 3), "float32")], [np.zeros((5, 3))]))
@@ -231,7 +231,7 @@ class NamedCall(LayerWrapper):
         >>> from kerasurgery.layers.traced import NamedCall
         >>> dense = keras.layers.Dense(2, name="proj")
         >>> call = NamedCall(dense, address="block_0/proj", name="block_0.proj")
-        >>> call(np.ones((1, 3))).shape, call.layer is dense
+        >>> tuple(call(np.ones((1, 3))).shape), call.layer is dense
         ((1, 2), True)
     """
 
