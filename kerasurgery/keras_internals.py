@@ -21,6 +21,8 @@ inside a pass.
 ``Node.arguments/outputs``       a call's arguments and output tensors
 ``keras.src.ops.function``       `Function`: a graph of recorded calls
 ``Operation._outbound_nodes``    the calls that read an operation's outputs
+``KerasTensor._shape``           a symbolic tensor's shape (made concrete
+                                 while tracing)
 ==============================  ============================================
 """
 
@@ -143,3 +145,15 @@ def is_builtin(op: Any) -> bool:
     call = getattr(type(op), "call", None)
     module = getattr(call, "__module__", "") or ""
     return module == "keras" or module.startswith("keras.")
+
+
+def make_shape_concrete(tensor: Any, shape: tuple) -> None:
+    """Give a symbolic tensor the concrete `shape` Keras could not infer (tracing only)."""
+    tensor._shape = tuple(shape)
+
+
+def generic_output_spec(layer: Any, *args: Any, **kwargs: Any) -> Any:
+    """The output spec of ``layer.call`` found by running it on backend placeholders."""
+    from keras.src import backend
+
+    return backend.compute_output_spec(layer.call, *args, **kwargs)

@@ -74,6 +74,11 @@ class Builder:
         self.closed: list[tuple[int, str]] = []  # (record of a call left closed, reason)
         self.restores: list = []
         self._reads: dict[int, int] = {}  # id(variable) -> VariableRead record
+        self._shapes: dict[int, tuple] = {}  # id(tensor) -> shape with None where it follows input sizes
+
+    def shape(self, tensor: Any) -> tuple:
+        """The shape of a recorded tensor, None where it follows the input sizes (inside traces)."""
+        return self._shapes.get(id(tensor), tuple(tensor.shape))
 
     # -- records ----------------------------------------------------------
     def add_input(self, tensor: Any, name: str | None = None) -> None:
@@ -137,7 +142,7 @@ class Builder:
             self._inline(node, op, inner, path, context, sort_key)
         elif self.opener.active and self.opener.wants(path, op.name, op):
             try:
-                self._open(node, op, path, context, sort_key)
+                self._open(node, op, path, context, sort_key, shapes=shapes)
             except TraceError as error:
                 if self.opener.strict(path, op.name):
                     raise
@@ -173,6 +178,8 @@ class Builder:
         rid = self._record(op, kind, path, args_t, kwargs_t, feeds, node.outputs, sort_key, name=name, shapes=shapes)
         for i, t in enumerate(node.outputs):
             self.tensor_map[id(t)] = (rid, i)
+            if shapes is not None:
+                self._shapes[id(t)] = tuple(shapes[i])
 
     def _alias(self, path: tuple, name: str, sort_key: tuple, outputs: list) -> None:
         self.aliases.append((path, name, sort_key, [self.tensor_map[id(t)] for t in outputs]))
@@ -199,24 +206,26 @@ class Builder:
         self._alias(path, op.name, sort_key, node.outputs)
 
     # -- opening ------------------------------------------------------------
-    def _open(self, node, op, path, context, sort_key) -> None:
+    def _open(self, node, op, path, context, sort_key, *, shapes=None) -> None:
         """Trace the call of `op` and record its inner calls under ``path/op.name``."""
         args_t, kwargs_t, slots = self._slots(node, op, context)
         outputs = self._open_call(op, args_t, kwargs_t, slots, path, context, sort_key, top=False)
-        for t_out, t_trace in zip(node.outputs, keras.tree.flatten(outputs)):
+        for i, (t_out, t_trace) in enumerate(zip(node.outputs, keras.tree.flatten(outputs))):
             self.tensor_map[id(t_out)] = self.tensor_map[id(t_trace)]
+            self._shapes[id(t_out)] = tuple(shapes[i]) if shapes is not None else self.shape(t_trace)
         self._alias(path, op.name, sort_key, node.outputs)
 
     def _open_call(self, op, args_t, kwargs_t, slots, path, context, sort_key, *, top: bool) -> Any:
         """Record the inner calls of a traced call; returns the trace's outputs (structure)."""
         tensors = {s: t for s, t in slots if isinstance(t, keras.KerasTensor)}
-        specs = {s: (tuple(t.shape), str(t.dtype)) for s, t in tensors.items()}
+        specs = {s: (self.shape(t), str(t.dtype)) for s, t in tensors.items()}
         opened = open_call(op, args_t, kwargs_t, specs, fill)
         self.restores.append(opened.restore)
         trace = opened.trace
         outer = {s: self._lookup(t, op.name) for s, t in tensors.items()}
         for s, t in zip(trace.slots, internals.flat_inputs(trace.function)):
             self.tensor_map[id(t)] = outer[s]
+            self._shapes[id(t)] = specs[s][0]
         inner_path = path if top else path + (op.name,)
         anchor = outer[trace.slots[0]] if trace.slots else None
         for (variable, placeholder) in trace.variables:
@@ -257,6 +266,7 @@ class Builder:
         self.records[rid]["class_name"] = type(op).__name__
         for i, t in enumerate(node.outputs):
             self.tensor_map[id(t)] = (rid, i)
+            self._shapes[id(t)] = metadata[i]
 
     def open_top(self, layer: Any, inputs: Any) -> Any:
         """Trace a subclassed model or a layer given to `to_graph` itself (no path prefix).

@@ -8,10 +8,11 @@ times:
 
 1. a *base* trace with every free dimension (``None`` in the inputs' shapes)
    set to a small size;
-2. one trace per free dimension with only that one changed. A dimension that
-   cannot change alone (a padding mask must have its tokens' length) is tied
-   to the free dimensions of the same axis of the other inputs, and the group
-   changes together;
+2. one trace per group of free dimensions, with only that group changed.
+   The free dimensions of one axis (the batch of every input, the sequence of
+   tokens and of their padding mask) form a group and change together, unless
+   each of them can change alone (the two lengths of a cross-attention), in
+   which case each is its own group;
 3. a *check* trace with every group changed at once, to other sizes.
 
 Every trace must record the same calls. Any constant that differs between
@@ -109,22 +110,23 @@ def _open(layer: Any, args: tuple, kwargs: dict, specs: dict, fill: Any, restore
     base = trace_call(layer, args, kwargs, _specs(specs, base_sizes), fill)  # raises: untraceable
     if not free:
         return Opened(base, [], {}, {}, restore)
-    groups: list[list[tuple[str, int]]] = []
-    tied: dict[int, list[tuple[str, int]]] = {}
-    varied: list[Trace] = []
+    by_axis: dict[int, list[tuple[str, int]]] = {}
     for f in free:
-        trace = _try(layer, args, kwargs, _specs(specs, {**base_sizes, f: _size(_ALT, f[1])}), fill)
-        if trace is not None:
-            groups.append([f])
-            varied.append(trace)
-        else:
-            tied.setdefault(f[1], []).append(f)
-    for axis, members in tied.items():
+        by_axis.setdefault(f[1], []).append(f)
+    groups: list[list[tuple[str, int]]] = []
+    varied: list[Trace] = []
+    for axis, members in by_axis.items():
+        alone = [_try(layer, args, kwargs, _specs(specs, {**base_sizes, m: _size(_ALT, axis)}), fill)
+                 for m in members] if len(members) > 1 else [None]
+        if len(members) > 1 and all(t is not None for t in alone):  # independent sizes (cross attention)
+            groups.extend([m] for m in members)
+            varied.extend(alone)
+            continue
         sizes = {**base_sizes, **{m: _size(_ALT, axis) for m in members}}
         trace = _try(layer, args, kwargs, _specs(specs, sizes), fill)
         if trace is None:
-            raise TraceError(layer, f"its input sizes along axis {axis} ({[m[0] for m in members]}) could not be "
-                             "changed together, so no trace covers every size", fix="Leave the layer closed.")
+            raise TraceError(layer, f"its input sizes along axis {axis} ({sorted({m[0] for m in members})}) could "
+                             "not be changed, so no trace covers every size", fix="Leave the layer closed.")
         groups.append(members)
         varied.append(trace)
     check_sizes = {m: _size(_CHECK, m[1], offset=2 * g) for g, members in enumerate(groups) for m in members}

@@ -25,6 +25,7 @@ that Keras attaches implicitly, mixed precision.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import linecache
@@ -36,6 +37,7 @@ import keras
 
 from kerasurgery import keras_internals as internals
 from kerasurgery.errors import ModelError
+from kerasurgery.layers.traced import CREATION_FUNCTIONS, Creation
 
 
 class TraceError(ModelError):
@@ -93,16 +95,90 @@ def _replace_variables(value: Any, found: dict[int, tuple[Any, Any]]) -> Any:
     return value
 
 
+class _Sublayer:
+    """A sublayer as the traced code sees it: calls go to the real layer.
+
+    A call that Keras cannot make symbolically only because of keyword
+    arguments left at their defaults (keras_hub's ``CachedMultiHeadAttention``
+    called with ``cache=None``: ``MultiHeadAttention.compute_output_spec``
+    does not take ``cache``) is made again without them: the same call.
+    """
+
+    def __init__(self, layer: Any):
+        self.__dict__["_layer"] = layer
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        layer = self._layer
+        outputs = self._call(layer, args, kwargs)
+        _make_concrete(layer, outputs, args, kwargs)
+        return outputs
+
+    @staticmethod
+    def _call(layer: Any, args: tuple, kwargs: dict) -> Any:
+        try:
+            return layer(*args, **kwargs)
+        except Exception:
+            try:
+                params = inspect.signature(layer.call).parameters
+            except (TypeError, ValueError):
+                raise
+            defaults = {k for k, v in kwargs.items()
+                        if k in params and params[k].default is not inspect.Parameter.empty
+                        and params[k].default is v}
+            if not defaults:
+                raise
+            return layer(*args, **{k: v for k, v in kwargs.items() if k not in defaults})
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._layer, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._layer, name, value)
+
+
+def _make_concrete(layer: Any, outputs: Any, args: tuple, kwargs: dict) -> None:
+    """Fill in output dimensions a layer's spec left unknown although every input size is known.
+
+    Some layers report ``None`` for a dimension they could compute
+    (``EinsumDense(output_shape=(None, h, d))``); code after them that reads
+    ``ops.shape(q)`` would then record ``None`` where the run time has a size.
+    While tracing every size is concrete, so the spec found by running the
+    layer's ``call`` on placeholders is exact.
+    """
+    flat = keras.tree.flatten(outputs)
+    inputs = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
+    if not any(isinstance(t, keras.KerasTensor) and None in t.shape for t in flat):
+        return
+    if any(None in t.shape for t in inputs):
+        return
+    try:
+        spec = keras.tree.flatten(internals.generic_output_spec(layer, *args, **kwargs))
+    except Exception:  # noqa: BLE001 - keep what Keras said
+        return
+    for t, s in zip(flat, spec):
+        if isinstance(t, keras.KerasTensor) and len(t.shape) == len(s.shape) and None not in s.shape:
+            internals.make_shape_concrete(t, s.shape)
+
+
+def _wrap_sublayers(value: Any) -> Any:
+    if isinstance(value, keras.layers.Layer):
+        return _Sublayer(value)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, keras.layers.Layer) for v in value):
+        return type(value)(_Sublayer(v) for v in value) if isinstance(value, tuple) else [_Sublayer(v) for v in value]
+    return value
+
+
 def variable_view(layer: Any) -> tuple[Any, list[tuple[Any, Any]]]:
     """A view of `layer` whose own variables are symbolic placeholders.
 
     Returns ``(view, [(variable, placeholder), ...])``. The view is a new
     object of the layer's class sharing every other attribute (sublayers
-    included); `layer` itself is not touched.
+    are reached through `_Sublayer`, which calls the real layer); `layer`
+    itself is not touched.
     """
     view = object.__new__(type(layer))
     found: dict[int, tuple[Any, Any]] = {}
-    attributes = {k: _replace_variables(v, found) for k, v in vars(layer).items()}
+    attributes = {k: _wrap_sublayers(_replace_variables(v, found)) for k, v in vars(layer).items()}
     attributes["_tracker"] = _NoTracking()
     view.__dict__.update(attributes)
     return view, list(found.values())
@@ -151,6 +227,38 @@ def _flash_off() -> Callable[[], None]:
             config.enable_flash_attention()  # back to Keras's default: use it where it can
 
     return undo
+
+
+@contextlib.contextmanager
+def _symbolic_creation(anchor: Any):
+    """Record ``keras.ops.arange``/``ones``/... as `Creation` calls while tracing.
+
+    They take Python values only, so Keras would evaluate them once; a
+    causal mask built from ``ops.arange(length)`` must follow the length.
+    The functions are replaced on ``keras.ops`` (what ``from keras import ops``
+    code calls) for the duration of the trace only.
+    """
+    if anchor is None:
+        yield
+        return
+    modules = [keras.ops, keras.src.ops, keras.src.ops.numpy]
+    saved = [(m, name, getattr(m, name)) for m in modules for name in CREATION_FUNCTIONS if hasattr(m, name)]
+
+    def make(name: str, original: Any) -> Any:
+        def create(*args: Any, **kwargs: Any) -> Any:
+            if any(isinstance(a, keras.KerasTensor) for a in keras.tree.flatten((args, kwargs))):
+                return original(*args, **kwargs)
+            return Creation(name, kwargs)(anchor, *args)
+
+        return create
+
+    for module, name, original in saved:
+        setattr(module, name, make(name, original))
+    try:
+        yield
+    finally:
+        for module, name, original in saved:
+            setattr(module, name, original)
 
 
 @dataclasses.dataclass
@@ -207,8 +315,10 @@ def trace_call(layer: Any, args: tuple, kwargs: dict, specs: dict[str, tuple[tup
     call_args = fill(args, inputs)
     call_kwargs = _accepted(layer, fill(kwargs, inputs))
     undo = _flash_off()
+    anchor = next(iter(inputs.values()), None)
     try:
-        outputs = view.call(*call_args, **call_kwargs)
+        with _symbolic_creation(anchor):
+            outputs = view.call(*call_args, **call_kwargs)
     except Exception as error:  # anything the layer's code raises: report it, stay closed
         line = _call_line(layer, error)
         reason, fix = _reason(error)

@@ -25,6 +25,12 @@ from keras import ops
 
 from kerasurgery.layers.wrapper import LayerWrapper
 
+#: keras.ops functions that make a tensor from Python values only. Inside a
+#: traced call they are recorded (as `Creation`) instead of being evaluated
+#: once: ``ops.arange(sequence_length)`` must follow the sequence length.
+CREATION_FUNCTIONS = ("arange", "ones", "zeros", "full", "eye", "tri", "linspace", "identity")
+_ORIGINAL = {name: getattr(keras.src.ops.numpy, name) for name in CREATION_FUNCTIONS}
+
 
 @dataclasses.dataclass(frozen=True)
 class Dim:
@@ -105,6 +111,39 @@ def fill_template(value: Any, tensors: list, dims: list) -> Any:
 def _dims(refs: list, axes: list[int]) -> list:
     """The sizes the `Dim` expressions read: axis `a` of reference tensor `r`."""
     return [ops.shape(r)[a] for r, a in zip(refs, axes)]
+
+
+@keras.saving.register_keras_serializable(package="kerasurgery")
+class Creation(keras.Operation):
+    """A recorded ``keras.ops`` creation call (``arange``, ``ones``, ...), anchored to a tensor.
+
+    ``Creation("arange")(anchor, 5)`` computes ``keras.ops.arange(5)``;
+    `anchor` (any tensor of the graph) only gives the call a place in a
+    functional graph, which needs every call to read a tensor.
+
+    Example:
+        >>> import numpy as np, keras
+        >>> from kerasurgery.layers.traced import Creation
+        >>> keras.ops.convert_to_numpy(Creation("arange")(np.zeros(1), 3)).tolist()
+        [0, 1, 2]
+    """
+
+    def __init__(self, function: str, kwargs: dict | None = None, *, name: str | None = None):
+        super().__init__(name=name)
+        if function not in CREATION_FUNCTIONS:
+            raise ValueError(f"Expected one of {CREATION_FUNCTIONS}. Received: function={function!r}.")
+        self.function = function
+        self.kwargs = dict(kwargs or {})
+
+    def call(self, anchor: Any, *args: Any) -> Any:
+        return _ORIGINAL[self.function](*args, **self.kwargs)
+
+    def compute_output_spec(self, anchor: Any, *args: Any) -> Any:
+        value = _ORIGINAL[self.function](*args, **self.kwargs)
+        return keras.KerasTensor(tuple(ops.shape(value)), dtype=keras.backend.standardize_dtype(value.dtype))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"function": self.function, "kwargs": dict(self.kwargs), "name": self.name}
 
 
 @keras.saving.register_keras_serializable(package="kerasurgery")
