@@ -72,6 +72,7 @@ class Builder:
         self.opener = opener or Opener()
         self.aliases: list[tuple[tuple, str, tuple, list]] = []  # (path, name, sort_key, [(rid, index)])
         self.closed: list[tuple[int, str]] = []  # (record of a call left closed, reason)
+        self.scores: list[tuple[tuple, str, tuple, tuple[int, int]]] = []  # opened attention: its softmax
         self.restores: list = []
         self._reads: dict[int, int] = {}  # id(variable) -> VariableRead record
         self._shapes: dict[int, tuple] = {}  # id(tensor) -> shape with None where it follows input sizes
@@ -181,6 +182,10 @@ class Builder:
             if shapes is not None:
                 self._shapes[id(t)] = tuple(shapes[i])
 
+    def _operation(self, rid: int) -> Any:
+        op = self.records[rid]["op"]
+        return op.operation if isinstance(op, SizedCall) else op
+
     def _alias(self, path: tuple, name: str, sort_key: tuple, outputs: list) -> None:
         self.aliases.append((path, name, sort_key, [self.tensor_map[id(t)] for t in outputs]))
 
@@ -209,7 +214,14 @@ class Builder:
     def _open(self, node, op, path, context, sort_key, *, shapes=None) -> None:
         """Trace the call of `op` and record its inner calls under ``path/op.name``."""
         args_t, kwargs_t, slots = self._slots(node, op, context)
+        first = len(self.records)
         outputs = self._open_call(op, args_t, kwargs_t, slots, path, context, sort_key, top=False)
+        if kinds.is_attention_like(op):
+            inner = path + (op.name,)
+            softmax = [r for r in range(first, len(self.records))
+                       if self.records[r]["path"] == inner and kinds.is_softmax(self._operation(r))]
+            if len(softmax) == 1:
+                self.scores.append((path, op.name, sort_key, (softmax[0], 0)))
         for i, (t_out, t_trace) in enumerate(zip(node.outputs, keras.tree.flatten(outputs))):
             self.tensor_map[id(t_out)] = self.tensor_map[id(t_trace)]
             self._shapes[id(t_out)] = tuple(shapes[i]) if shapes is not None else self.shape(t_trace)
@@ -316,4 +328,16 @@ class Builder:
                 aliases[node_key(path, name, call if len(values) > 1 else None)] = refs
         taken = set(keys)
         closed = {keys[rid]: reason for rid, reason in self.closed}
+        alias_of = {(p, n, tuple(sk)): k for k, (p, n, sk) in self._alias_sites(aliases_sites=sites_of_alias).items()}
+        self.score_keys = {alias_of[(p, n, tuple(sk))]: ref for p, n, sk, ref in self.scores if (p, n, tuple(sk)) in alias_of}
         return keys, {k: v for k, v in aliases.items() if k not in taken}, closed
+
+    @staticmethod
+    def _alias_sites(aliases_sites: dict) -> dict:
+        """``{alias key: (path, name, sort_key)}``, the call numbering `keys` uses."""
+        out = {}
+        for (path, name), values in aliases_sites.items():
+            ordered = sorted(values, key=lambda v: v[0])
+            for call, (sort_key, _) in enumerate(ordered):
+                out[node_key(path, name, call if len(ordered) > 1 else None)] = (path, name, sort_key)
+        return out

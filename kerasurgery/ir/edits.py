@@ -103,6 +103,9 @@ def redirect(graph: nx.DiGraph, src: Ref, dst: Ref, *, exclude: tuple = ()) -> N
     aliases = graph.graph.get("aliases")
     if aliases:
         graph.graph["aliases"] = {k: [dst if r == src else r for r in refs] for k, refs in aliases.items()}
+    scores = graph.graph.get("scores")
+    if scores:
+        graph.graph["scores"] = {k: dst if r == src else r for k, r in scores.items()}
 
 
 def input_feed(graph: nx.DiGraph, key: str) -> tuple[str, int, str]:

@@ -207,6 +207,7 @@ def _assemble(model: Any, builder: Builder, graph_inputs: Any, graph_outputs: An
     graph.graph["output_names"] = names if internals.is_functional(model) or isinstance(model, keras.Sequential) else []
     graph.graph["aliases"] = {k: [Ref(keys[rid], i) for rid, i in refs] for k, refs in aliases.items()}
     graph.graph["closed"] = closed
+    graph.graph["scores"] = {k: Ref(keys[rid], i) for k, (rid, i) in builder.score_keys.items()}
     return graph
 
 

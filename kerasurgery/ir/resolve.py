@@ -72,6 +72,9 @@ def list_points(graph: Any) -> list[str]:
     for alias, refs in (graph.graph.get("aliases") or {}).items():
         if refs and all(ref.node in graph for ref in refs):
             after[refs[-1].node].extend(_alias_points(alias, refs))
+    for alias, ref in (graph.graph.get("scores") or {}).items():
+        if ref.node in graph:
+            after[ref.node].append(point_address(alias, None, "scores"))
     result = []
     for key in topological_order(graph):
         result.extend(_node_points(key, graph.nodes[key]))
@@ -176,6 +179,9 @@ class Resolver:
         ref = refs[index]
         if address.port is None:
             return Point(ref.node, ref.index, None)
+        scores = (self.graph.graph.get("scores") or {}).get(key)
+        if address.port == "scores" and scores is not None:
+            return Point(scores.node, scores.index, None)
         target = self.graph.nodes[ref.node]
         return self._resolve_port(text, Address(target.get("name", ref.node), port=address.port), ref.node, target)
 
