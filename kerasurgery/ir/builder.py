@@ -122,7 +122,7 @@ class Builder:
         """The record reading `variable` (one per variable, anchored to the first input)."""
         if id(variable) not in self._reads:
             anchor = anchor or next(v for v in self.tensor_map.values())
-            read = VariableRead(variable, name=f"{variable.path.replace('/', '.')}.read")
+            read = VariableRead(variable, name=f"{variable.path.replace('/', '_')}_read")
             spec = keras.KerasTensor(tuple(variable.shape), dtype=variable.dtype)
             rid = self._record(read, "layer", path, (Slot("0"),), {}, [("0", anchor)], [spec],
                                (len(self.records),), name=f"{variable.name}_read")
@@ -227,11 +227,12 @@ class Builder:
             self._shapes[id(t_out)] = tuple(shapes[i]) if shapes is not None else self.shape(t_trace)
         self._alias(path, op.name, sort_key, node.outputs)
 
-    def _open_call(self, op, args_t, kwargs_t, slots, path, context, sort_key, *, top: bool) -> Any:
+    def _open_call(self, op, args_t, kwargs_t, slots, path, context, sort_key, *, top: bool,
+                   fallback: dict | None = None) -> Any:
         """Record the inner calls of a traced call; returns the trace's outputs (structure)."""
         tensors = {s: t for s, t in slots if isinstance(t, keras.KerasTensor)}
         specs = {s: (self.shape(t), str(t.dtype)) for s, t in tensors.items()}
-        opened = open_call(op, args_t, kwargs_t, specs, fill)
+        opened = open_call(op, args_t, kwargs_t, specs, fill, fallback)
         self.restores.append(opened.restore)
         trace = opened.trace
         outer = {s: self._lookup(t, op.name) for s, t in tensors.items()}
@@ -267,7 +268,7 @@ class Builder:
         outputs = [(s, str(t.dtype)) for s, t in zip(shapes, node.outputs)]
         label = name or op.name
         sized = SizedCall(op, opened.sized[k], [axis for _, axis in opened.symbols], outputs,
-                          name=f"{'.'.join((*path, label))}_sized_{len(self.records)}")
+                          name=f"{'_'.join((*path, label))}_sized_{len(self.records)}")
         slots = [(f"0.{i}", t) for i, t in enumerate(distinct)]
         feeds = [(s, self._lookup(t, label)) for s, t in slots]
         feeds += [(f"1.{g}", ref) for g, ref in enumerate(refs)]
@@ -280,14 +281,18 @@ class Builder:
             self.tensor_map[id(t)] = (rid, i)
             self._shapes[id(t)] = metadata[i]
 
-    def open_top(self, layer: Any, inputs: Any) -> Any:
+    def open_top(self, layer: Any, inputs: Any, fallback: dict[int, dict[int, int]] | None = None) -> Any:
         """Trace a subclassed model or a layer given to `to_graph` itself (no path prefix).
 
-        Returns the outputs (structure of trace tensors) for the graph's outputs.
+        `fallback` gives, per flat input, sizes of free dimensions that may be
+        fixed if the call cannot follow them. Returns the outputs (structure of
+        trace tensors) for the graph's outputs.
         """
         slots: list = []
         args_t = (template(inputs, "0", slots),)
-        return self._open_call(layer, args_t, {}, slots, (), {}, (0,), top=True)
+        sizes = {(slot, axis): size for (slot, _), dims in zip(slots, (fallback or {}).values())
+                 for axis, size in dims.items()} if fallback else None
+        return self._open_call(layer, args_t, {}, slots, (), {}, (0,), top=True, fallback=sizes)
 
     def restore(self) -> None:
         """Forget every trace call recorded on the model's layers."""

@@ -68,8 +68,15 @@ def _input_names(layer: Any, count: int) -> list[str]:
     return names if len(names) == count else [f"input_{i}" for i in range(count)]
 
 
-def _symbolic_inputs(layer: Any, inputs: Any) -> Any:
-    """The inputs to trace a subclassed model or a layer with: given, or from its build config."""
+def _symbolic_inputs(layer: Any, inputs: Any) -> tuple[Any, dict[int, dict[int, int]]]:
+    """The inputs to trace a subclassed model or a layer with, and sizes it may fall back to.
+
+    Given `inputs` are used as they are. Otherwise the shapes come from the
+    build config (the shapes it was first called or built with): the batch
+    dimension is left free, and so is every other axis (sequence length,
+    image size) that the call can follow; an axis it cannot follow (features
+    read by a Dense kernel) is fixed to the built size.
+    """
     if inputs is not None:
         flat = keras.tree.flatten(inputs)
         if not flat or not all(isinstance(t, keras.KerasTensor) for t in flat):
@@ -77,7 +84,7 @@ def _symbolic_inputs(layer: Any, inputs: Any) -> Any:
                 "Expected `inputs` as keras.Input tensors (or a list/dict of them) shaped like the data "
                 f"'{layer.name}' takes. Received: {inputs!r}."
             )
-        return inputs
+        return inputs, {}
     config = layer.get_build_config() if layer.built else None
     shape = (config or {}).get("input_shape")
     if shape is None:
@@ -97,13 +104,15 @@ def _symbolic_inputs(layer: Any, inputs: Any) -> Any:
         shapes = {k: tuple(v) for k, v in shape.items()}
     else:
         shapes = [tuple(s) for s in shape]
-    flat = keras.tree.flatten(shapes, ) if not is_shape(shapes) else [shapes]
+    listed = [shapes] if is_shape(shapes) else (list(shapes.values()) if isinstance(shapes, dict) else shapes)
+    fallback = {i: {a: d for a, d in enumerate(s) if a > 0 and d is not None} for i, s in enumerate(listed)}
+    free = [tuple(None for _ in s) for s in listed]
     if isinstance(shapes, dict):
-        return {k: keras.Input(batch_shape=s, name=k) for k, s in shapes.items()}
-    names = _input_names(layer, len(flat) if not is_shape(shapes) else 1)
+        return {k: keras.Input(batch_shape=s, name=k) for k, s in zip(shapes, free)}, fallback
+    names = _input_names(layer, len(listed))
     if is_shape(shapes):
-        return keras.Input(batch_shape=shapes, name=names[0])
-    return [keras.Input(batch_shape=s, name=n) for s, n in zip(shapes, names)]
+        return keras.Input(batch_shape=free[0], name=names[0]), fallback
+    return [keras.Input(batch_shape=s, name=n) for s, n in zip(free, names)], fallback
 
 
 def to_graph(model: Any, *, open: Any = None, inputs: Any = None) -> nx.DiGraph:  # noqa: A002
@@ -170,10 +179,10 @@ def _read_traced(layer: Any, inputs: Any, builder: Builder) -> tuple[Any, Any]:
     """Record a subclassed model's (or layer's) call on symbolic inputs, opened at the top."""
     restore = forget_trace_calls(layer)
     try:
-        symbolic = _symbolic_inputs(layer, inputs)
+        symbolic, fallback = _symbolic_inputs(layer, inputs)
         for t in keras.tree.flatten(symbolic):
             builder.add_input(t)
-        outputs = builder.open_top(layer, symbolic)
+        outputs = builder.open_top(layer, symbolic, fallback)
     finally:
         restore()
     return symbolic, outputs
@@ -233,8 +242,11 @@ def graph_for(model: Any, *selectors: Any, open: Any = None) -> nx.DiGraph:  # n
     for selector in selectors:
         if selector is None or (callable(selector) and not isinstance(selector, str)):
             continue
-        paths.extend(i for i in ([selector] if isinstance(selector, str) else list(selector))
-                     if isinstance(i, str) and "/" in i)
+        try:
+            given = [selector] if isinstance(selector, str) else list(selector)
+        except TypeError:  # not a selector at all: resolving it later says so
+            continue
+        paths.extend(i for i in given if isinstance(i, str) and "/" in i)
     if not paths and open in (None, False):
         return to_graph(model)
     return to_graph(model, open=Opener(open, paths_of=paths))

@@ -42,7 +42,9 @@ from kerasurgery import keras_internals as internals
 from kerasurgery.ir.trace import Trace, TraceError, forget_trace_calls, trace_call
 from kerasurgery.layers.traced import Dim
 
-_BASE, _ALT, _CHECK = {0: 2, 1: 4}, {0: 3, 1: 5}, {0: 4, 1: 7}  # batch axis -> 0, others -> 1
+# Sizes traced at (batch axis -> key 0, other axes -> key 1): small, so that layers with a
+# maximum length (position tables) accept them; the check sizes differ from both others.
+_BASE, _ALT, _CHECK = {0: 2, 1: 4}, {0: 3, 1: 5}, {0: 4, 1: 6}
 
 
 def _size(table: dict[int, int], axis: int, offset: int = 0) -> int:
@@ -83,7 +85,8 @@ def _try(layer: Any, args: tuple, kwargs: dict, specs: dict, fill: Any) -> Trace
         return None
 
 
-def open_call(layer: Any, args: tuple, kwargs: dict, specs: dict[str, tuple[tuple, str]], fill: Any) -> Opened:
+def open_call(layer: Any, args: tuple, kwargs: dict, specs: dict[str, tuple[tuple, str]], fill: Any,
+              fallback: dict[tuple[str, int], int] | None = None) -> Opened:
     """Trace ``layer.call`` at several sizes and generalise (see the module docstring).
 
     Args:
@@ -91,6 +94,10 @@ def open_call(layer: Any, args: tuple, kwargs: dict, specs: dict[str, tuple[tupl
         args, kwargs: argument templates (tensors as Slots).
         specs: ``{slot: (shape, dtype)}`` with None for free dimensions.
         fill: `kerasurgery.ir.schema.fill`.
+        fallback: ``{(slot, axis): size}`` for free dimensions that may be
+            fixed to that size if the call cannot be generalised over them
+            (a subclassed model built on data: its sequence length may vary,
+            its image size may not).
 
     Raises:
         TraceError: the call cannot be traced, or its constants cannot be
@@ -98,10 +105,31 @@ def open_call(layer: Any, args: tuple, kwargs: dict, specs: dict[str, tuple[tupl
     """
     restore = forget_trace_calls(layer)
     try:
-        return _open(layer, args, kwargs, specs, fill, restore)
+        if not fallback:
+            return _open(layer, args, kwargs, specs, fill, restore)
+        return _open_where_possible(layer, args, kwargs, specs, fill, restore, fallback)
     except BaseException:
         restore()
         raise
+
+
+def _open_where_possible(layer: Any, args: tuple, kwargs: dict, specs: dict, fill: Any, restore: Any,
+                         fallback: dict[tuple[str, int], int]) -> Opened:
+    """Open with the `fallback` dimensions fixed, then free them one axis at a time where the call follows."""
+    def fixed(dims: set) -> dict:
+        return {s: (tuple(fallback[(s, a)] if (s, a) in dims else d for a, d in enumerate(shape)), dtype)
+                for s, (shape, dtype) in specs.items()}
+
+    frozen = set(fallback)
+    opened = _open(layer, args, kwargs, fixed(frozen), fill, restore)
+    for axis in sorted({a for _, a in fallback}):
+        trial = {d for d in frozen if d[1] != axis}
+        try:
+            opened = _open(layer, args, kwargs, fixed(trial), fill, restore)
+        except TraceError:
+            continue
+        frozen = trial
+    return opened
 
 
 def _open(layer: Any, args: tuple, kwargs: dict, specs: dict, fill: Any, restore: Any) -> Opened:
@@ -129,7 +157,7 @@ def _open(layer: Any, args: tuple, kwargs: dict, specs: dict, fill: Any, restore
                              "not be changed, so no trace covers every size", fix="Leave the layer closed.")
         groups.append(members)
         varied.append(trace)
-    check_sizes = {m: _size(_CHECK, m[1], offset=2 * g) for g, members in enumerate(groups) for m in members}
+    check_sizes = {m: _size(_CHECK, m[1], offset=g) for g, members in enumerate(groups) for m in members}
     check = _try(layer, args, kwargs, _specs(specs, check_sizes), fill)
     if check is None:
         raise TraceError(layer, "the call fails at other input sizes than the ones it was traced at",

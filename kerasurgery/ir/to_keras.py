@@ -62,7 +62,7 @@ def unique_callables(graph: nx.DiGraph, keys: list[str]) -> dict[str, Any]:
         for op_id, op in ops.items():
             data = graph.nodes[first_key[op_id]]
             address = node_key(tuple(data.get("path", ())), data.get("name", op.name), None)
-            base = address.replace("/", ".")
+            base = address.replace("/", "_")  # no "/" in Keras names, no "." in torch parameter names
             unique, n = base, 0
             while unique in taken:
                 n += 1
