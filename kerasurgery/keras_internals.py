@@ -23,6 +23,8 @@ inside a pass.
 ``Operation._outbound_nodes``    the calls that read an operation's outputs
 ``KerasTensor._shape``           a symbolic tensor's shape (made concrete
                                  while tracing)
+``KerasTensor._sparse``          a symbolic tensor's sparsity (cleared where
+                                 Keras infers it wrongly, below)
 ==============================  ============================================
 """
 
@@ -157,3 +159,19 @@ def generic_output_spec(layer: Any, *args: Any, **kwargs: Any) -> Any:
     from keras.src import backend
 
     return backend.compute_output_spec(layer.call, *args, **kwargs)
+
+
+def clear_false_sparsity(outputs: list, inputs: list) -> None:
+    """Mark symbolic outputs dense when no symbolic input is sparse.
+
+    Keras infers ``sparse=True`` for ``x * c`` when ``c`` is a constant
+    without a ``sparse`` attribute (``getattr(c, "sparse", True)`` in
+    ``Multiply.compute_output_spec``). Harmless while the tensor feeds a
+    closed layer; a layer opened by tracing would then be given a sparse
+    placeholder and fail.
+    """
+    if any(getattr(t, "sparse", False) for t in inputs if isinstance(t, keras.KerasTensor)):
+        return
+    for t in outputs:
+        if isinstance(t, keras.KerasTensor) and t.sparse:
+            t._sparse = False

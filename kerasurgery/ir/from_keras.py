@@ -246,7 +246,7 @@ def graph_for(model: Any, *selectors: Any, open: Any = None) -> nx.DiGraph:  # n
             given = [selector] if isinstance(selector, str) else list(selector)
         except TypeError:  # not a selector at all: resolving it later says so
             continue
-        paths.extend(i for i in given if isinstance(i, str) and "/" in i)
+        paths.extend(i for i in given if isinstance(i, str) and ("/" in i or i.endswith(":scores")))
     if not paths and open in (None, False):
         return to_graph(model)
     return to_graph(model, open=Opener(open, paths_of=paths))

@@ -13,10 +13,12 @@ open is said by ``to_graph(model, open=...)``:
   layers it names, and the layers on their paths. Naming a layer that cannot
   be traced raises `kerasurgery.ir.trace.TraceError`.
 
-Addresses also open on demand (`needed_for`): ``transformer_layer_0/
-self_attention_layer:scores`` opens ``transformer_layer_0`` (the layers on
-its path), not the attention layer itself, whose ``:scores`` port exists
-closed.
+Addresses also open on demand (``paths_of``):
+``transformer_layer_0/self_attention_layer:scores`` opens
+``transformer_layer_0`` (the layers on its path), not the attention layer
+itself, whose ``:scores`` port exists closed; a custom attention layer (not a
+Keras ``MultiHeadAttention``) addressed for ``:scores`` is opened too, since
+its scores are the softmax inside it.
 
 Example:
     >>> from kerasurgery.ir.opening import Opener
@@ -35,6 +37,7 @@ import keras
 from kerasurgery import keras_internals as internals
 from kerasurgery.address.grammar import format_address, Address, is_glob, path_names
 from kerasurgery.address.selector import items
+from kerasurgery.layers import kinds
 
 
 def _matches(names: list[str], pattern: list[str]) -> bool:
@@ -61,11 +64,14 @@ class Opener:
                 names = path_names(item)
                 for depth in range(1, len(names) + 1):
                     self.patterns.append((names[:depth], not is_glob(item)))
+        self.attention: list[list[str]] = []  # addressed for ':scores': open if a custom attention layer
         for item in paths_of:
             if isinstance(item, str):
                 names = path_names(item)
                 for depth in range(1, len(names)):
                     self.patterns.append((names[:depth], not is_glob(item)))
+                if item.endswith(":scores"):
+                    self.attention.append(names)
 
     @property
     def active(self) -> bool:
@@ -84,6 +90,8 @@ class Opener:
         names = [*path, name]
         if any(_matches(names, pattern) for pattern, _ in self.patterns):
             return True
+        if any(_matches(names, pattern) for pattern in self.attention):  # its scores exist once opened
+            return kinds.is_attention_like(op) and not kinds.is_attention_layer(op)
         if self.predicate is not None:
             return bool(self.predicate(format_address(Address(name=name, path=tuple(path)))))
         return self.everything and op is not None and not internals.is_builtin(op)

@@ -22,7 +22,7 @@ from kerasurgery.ir.clone import copy_state
 from kerasurgery.ir.schema import fill, input_keys, is_ref_leaf, map_structure, output_refs, topological_order
 from kerasurgery.address.grammar import node_key
 from kerasurgery.layers.named_outputs import OutputNamedModel
-from kerasurgery.layers.traced import NamedCall
+from kerasurgery.layers.traced import NamedCall, Unsaveable
 
 
 def needed_nodes(graph: nx.DiGraph) -> set:
@@ -68,8 +68,29 @@ def unique_callables(graph: nx.DiGraph, keys: list[str]) -> dict[str, Any]:
                 n += 1
                 unique = f"{base}_{n}"
             taken.add(unique)
-            wrapped[op_id] = NamedCall(op, address=address, name=unique)
+            reason = _unserializable(op)
+            wrapped[op_id] = (Unsaveable(op, address=address, reason=reason, name=unique) if reason
+                              else NamedCall(op, address=address, name=unique))
+    for key in keys:
+        op = graph.nodes[key]["op"]
+        reason = _unserializable(op) if id(op) not in wrapped else None
+        if reason:
+            data = graph.nodes[key]
+            address = node_key(tuple(data.get("path", ())), data.get("name", op.name), None)
+            name = op.name if op.name not in taken or by_name[op.name].keys() == {id(op)} else address.replace("/", "_")
+            wrapped[id(op)] = Unsaveable(op, address=address, reason=reason, name=name)
     return {key: wrapped.get(id(graph.nodes[key]["op"]), graph.nodes[key]["op"]) for key in keys}
+
+
+def _unserializable(op: Any) -> str | None:
+    """Why Keras could not write `op`'s config, or None if it can (layers only)."""
+    if not isinstance(op, keras.layers.Layer):
+        return None
+    try:
+        op.get_config()
+    except NotImplementedError as error:
+        return " ".join(str(error).split())[:160]
+    return None
 
 
 def _make_input(key: str, data: dict) -> Any:
@@ -105,6 +126,7 @@ def call_node(graph: nx.DiGraph, key: str, tensors: dict[str, list], op: Any = N
     kwargs = fill(data.get("kwargs", {}), values)
     try:
         out = (op if op is not None else data["op"])(*args, **kwargs)
+        internals.clear_false_sparsity(keras.tree.flatten(out), list(values.values()))
     except Exception as e:
         raise GraphError(
             [f"calling node {key!r} ({type(data['op']).__name__}) failed: {type(e).__name__}: {e}"]

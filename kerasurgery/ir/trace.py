@@ -179,6 +179,9 @@ def variable_view(layer: Any) -> tuple[Any, list[tuple[Any, Any]]]:
     view = object.__new__(type(layer))
     found: dict[int, tuple[Any, Any]] = {}
     attributes = {k: _wrap_sublayers(_replace_variables(v, found)) for k, v in vars(layer).items()}
+    if isinstance(attributes.get("_modules"), dict):  # torch keeps sublayers (modules) out of __dict__
+        attributes["_modules"] = {k: _wrap_sublayers(_replace_variables(v, found))
+                                  for k, v in attributes["_modules"].items()}
     attributes["_tracker"] = _NoTracking()
     view.__dict__.update(attributes)
     return view, list(found.values())

@@ -300,3 +300,37 @@ class NamedCall(LayerWrapper):
         config = super().get_config()
         config["address"] = self.address
         return config
+
+
+@keras.saving.register_keras_serializable(package="kerasurgery")
+class Unsaveable(NamedCall):
+    """Calls a layer that Keras cannot serialize on its own; saving says so, naming the point.
+
+    A layer opened from a block (keras_hub's ``RMSNormalization`` inside a
+    ``GemmaDecoderBlock``) may have been built with arguments only its block
+    can recreate; it works in memory but has no config of its own.
+
+    Example:
+        >>> import keras
+        >>> from kerasurgery.layers.traced import Unsaveable
+        >>> call = Unsaveable(keras.layers.Dense(2), address="block/norm", reason="no config")
+        >>> try:
+        ...     call.get_config()
+        ... except ValueError as e:
+        ...     print(str(e)[:60])
+        Expected every layer of the model to have a config Keras ca
+    """
+
+    def __init__(self, layer: keras.layers.Layer, *, address: str = "", reason: str = "", **kwargs: Any):
+        super().__init__(layer, address=address, **kwargs)
+        self.reason = reason
+
+    def get_config(self) -> dict[str, Any]:
+        from kerasurgery.errors import TransformError
+
+        raise TransformError(
+            "Expected every layer of the model to have a config Keras can save. Received: "
+            f"'{self.address}' ({type(self.layer).__name__}), a layer of an opened block that Keras cannot "
+            f"serialize on its own ({self.reason}). The model works in memory; to save it, keep that block "
+            "closed (do not open it, or address only its output), or save the original model."
+        )
