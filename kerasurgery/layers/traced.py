@@ -317,8 +317,8 @@ class Unsaveable(NamedCall):
         >>> try:
         ...     call.get_config()
         ... except ValueError as e:
-        ...     print(str(e)[:60])
-        Expected every layer of the model to have a config Keras ca
+        ...     print(str(e)[:57])
+        Expected every layer of the model to have a config Keras
     """
 
     def __init__(self, layer: keras.layers.Layer, *, address: str = "", reason: str = "", **kwargs: Any):
