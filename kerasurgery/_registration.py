@@ -12,7 +12,10 @@ backend (seconds, for TensorFlow). ``import kerasurgery`` must stay instant
 - otherwise a finder on `sys.meta_path` waits for the first ``import keras``
   and imports `kerasurgery.layers` right after Keras has finished loading,
   then removes itself. It changes nothing else about how Keras is found or
-  loaded.
+  loaded. If that first ``import keras`` came from a kerasurgery module that
+  is still being imported, importing `kerasurgery.layers` then could meet
+  that half-made module (a circular import); the finder then waits for the
+  next import of anything, when no kerasurgery module is half-made.
 """
 
 from __future__ import annotations
@@ -37,7 +40,10 @@ class _ThenRegister(importlib.abc.Loader):
 
     def exec_module(self, module: Any) -> None:
         self.inner.exec_module(module)
-        importlib.import_module(_LAYERS)
+        if _importing_kerasurgery():
+            sys.meta_path.insert(0, _Pending())
+        else:
+            importlib.import_module(_LAYERS)
 
     def __getattr__(self, name: str) -> Any:  # resource readers, get_code, is_package, ...
         return getattr(self.inner, name)
@@ -54,6 +60,25 @@ class _KerasWatcher(importlib.abc.MetaPathFinder):
         if spec is not None and spec.loader is not None:
             spec.loader = _ThenRegister(spec.loader)
         return spec
+
+
+class _Pending(importlib.abc.MetaPathFinder):
+    """Registers the layers at the first import after the kerasurgery modules in progress are done."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if not _importing_kerasurgery():
+            sys.meta_path[:] = [f for f in sys.meta_path if f is not self]
+            importlib.import_module(_LAYERS)
+        return None
+
+
+def _importing_kerasurgery() -> bool:
+    """Whether a kerasurgery module is being imported right now (half-made)."""
+    return any(
+        getattr(getattr(module, "__spec__", None), "_initializing", False)
+        for name, module in list(sys.modules.items())
+        if name.startswith("kerasurgery.")
+    )
 
 
 def _remove_watcher() -> None:

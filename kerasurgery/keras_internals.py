@@ -19,6 +19,12 @@ inside a pass.
                                  (``training``)
 ``Layer._flatten_layers``        every layer inside a model, recursively
 ``Node.arguments/outputs``       a call's arguments and output tensors
+``keras.src.ops.function``       `Function`: a graph of recorded calls
+``Operation._outbound_nodes``    the calls that read an operation's outputs
+``KerasTensor._shape``           a symbolic tensor's shape (made concrete
+                                 while tracing)
+``KerasTensor._sparse``          a symbolic tensor's sparsity (cleared where
+                                 Keras infers it wrongly, below)
 ==============================  ============================================
 """
 
@@ -115,3 +121,57 @@ def call_arguments(node: Any) -> tuple[tuple, dict, list]:
     """``(args, kwargs, keras_tensors)`` of a recorded call."""
     arguments = node.arguments
     return tuple(arguments.args), dict(arguments.kwargs), list(arguments.keras_tensors)
+
+
+def function(inputs: Any, outputs: Any) -> Any:
+    """A Keras ``Function``: the graph of recorded calls from `inputs` to `outputs`."""
+    from keras.src.ops.function import Function
+
+    return Function(inputs, outputs)
+
+
+def outbound_nodes(op: Any) -> list:
+    """Every recorded call that reads an output of `op`."""
+    return list(getattr(op, "_outbound_nodes", []))
+
+
+def truncate_calls(op: Any, inbound: int, outbound: int) -> None:
+    """Forget the calls recorded on `op` after the first `inbound`/`outbound` ones."""
+    del op._inbound_nodes[inbound:]
+    if hasattr(op, "_outbound_nodes"):
+        del op._outbound_nodes[outbound:]
+
+
+def is_builtin(op: Any) -> bool:
+    """Whether `op`'s ``call`` is Keras's own code (Dense, Conv2D, MultiHeadAttention, ...)."""
+    call = getattr(type(op), "call", None)
+    module = getattr(call, "__module__", "") or ""
+    return module == "keras" or module.startswith("keras.")
+
+
+def make_shape_concrete(tensor: Any, shape: tuple) -> None:
+    """Give a symbolic tensor the concrete `shape` Keras could not infer (tracing only)."""
+    tensor._shape = tuple(shape)
+
+
+def generic_output_spec(layer: Any, *args: Any, **kwargs: Any) -> Any:
+    """The output spec of ``layer.call`` found by running it on backend placeholders."""
+    from keras.src import backend
+
+    return backend.compute_output_spec(layer.call, *args, **kwargs)
+
+
+def clear_false_sparsity(outputs: list, inputs: list) -> None:
+    """Mark symbolic outputs dense when no symbolic input is sparse.
+
+    Keras infers ``sparse=True`` for ``x * c`` when ``c`` is a constant
+    without a ``sparse`` attribute (``getattr(c, "sparse", True)`` in
+    ``Multiply.compute_output_spec``). Harmless while the tensor feeds a
+    closed layer; a layer opened by tracing would then be given a sparse
+    placeholder and fail.
+    """
+    if any(getattr(t, "sparse", False) for t in inputs if isinstance(t, keras.KerasTensor)):
+        return
+    for t in outputs:
+        if isinstance(t, keras.KerasTensor) and t.sparse:
+            t._sparse = False

@@ -23,7 +23,10 @@ class TestParse:
             ("mha:scores", Address("mha", port="scores")),
             ("lstm[1]", Address("lstm", index=1)),
             ("base/block_1/conv@0[2]:pre", Address("conv", ("base", "block_1"), 0, 2, "pre")),
-            ("dense:0", Address("dense:0")),  # not a port: TF-style names stay names
+            ("`dense:0`", Address("dense:0")),  # names holding grammar characters are quoted
+            ("`blk:conv`:pre", Address("blk:conv", port="pre")),
+            ("`enc/x`/`d@1`@2[0]", Address("d@1", ("enc/x",), 2, 0)),
+            ("`a``b`", Address("a`b")),
         ],
     )
     def test_examples(self, text, expected):
@@ -42,7 +45,19 @@ class TestParse:
         assert parse(format_address(address)) == address
         assert format_address(parse(format_address(address))) == format_address(address)
 
-    @pytest.mark.parametrize("bad", ["", "a//b", "/a", "a/", 3, None])
+    @given(
+        path=st.lists(st.text(min_size=1, max_size=6), max_size=3),
+        name=st.text(min_size=1, max_size=8),
+        call=st.none() | st.integers(0, 20),
+        index=st.none() | st.integers(0, 5),
+        port=st.none() | st.sampled_from(["pre", "scores"]),
+    )
+    def test_round_trip_of_any_name(self, path, name, call, index, port):
+        """Any Keras name (grammar characters, backticks, spaces) survives format -> parse."""
+        address = Address(name, tuple(path), call, index, port)
+        assert parse(format_address(address)) == address
+
+    @pytest.mark.parametrize("bad", ["", "a//b", "/a", "a/", 3, None, "dense:0", "d:pre:x", "`open", "d[x]"])
     def test_malformed(self, bad):
         with pytest.raises(ks.AddressError, match="Expected"):
             parse(bad)

@@ -22,16 +22,20 @@ from zoo import assert_unchanged, attention, branches, mlp, recurrent, shared, s
 
 
 def _subclassed():
+    """A subclassed model whose call() branches on a tensor value: it cannot be traced."""
+
     class Net(keras.Model):
         def __init__(self):
             super().__init__()
             self.d = keras.layers.Dense(2)
 
         def call(self, x):
-            return self.d(x)
+            if keras.ops.sum(x) > 0:  # value-dependent control flow
+                return self.d(x)
+            return -self.d(x)
 
     net = Net()
-    net(np.ones((1, 3), "float32"))
+    net.build((None, 3))
     return net
 
 
@@ -53,8 +57,9 @@ X = np.ones((6, 8), "float32")
 API = [
     ("unbuilt-sequential", lambda m, p: ks.to_graph(keras.Sequential([keras.layers.Dense(2)])),
      ks.ModelError, "build"),
-    ("subclassed", lambda m, p: ks.to_graph(_subclassed()), ks.ModelError, "subclassed.*functional API"),
-    ("a-layer", lambda m, p: ks.to_graph(keras.layers.Dense(2)), ks.ModelError, "keras.Input"),
+    ("untraceable-subclassed", lambda m, p: ks.to_graph(_subclassed()), ks.ModelError,
+     r"layer 'net.*test_bad_inputs.py:\d+ \(if keras.ops.sum\(x\) > 0"),
+    ("unbuilt-layer", lambda m, p: ks.to_graph(keras.layers.Dense(2)), ks.ModelError, "not been built.*inputs="),
     ("not-a-model", lambda m, p: ks.points("model.keras"), ks.ModelError, "Expected a keras.Model"),
     ("unknown-address", lambda m, p: ks.expose(m, ["dense_11"]), ks.AddressError, "Closest.*'dense_1'"),
     ("empty-points", lambda m, p: ks.expose(m, []), ks.AddressError, "at least one"),

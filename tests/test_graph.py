@@ -238,22 +238,25 @@ class TestBadInput:
         with pytest.raises(ks.ModelError, match="build"):
             ks.to_graph(model)
 
-    def test_subclassed_model(self):
+    def test_a_subclassed_model_is_traced(self):
         class Net(keras.Model):
             def __init__(self):
                 super().__init__()
-                self.d = keras.layers.Dense(2)
+                self.d = keras.layers.Dense(2, bias_initializer="ones", name="d")
 
             def call(self, x):
-                return self.d(x)
+                return keras.ops.tanh(self.d(x)) * 2.0
 
         net = Net()
-        net(np.ones((1, 3)))
-        with pytest.raises(ks.ModelError, match="subclassed model.*functional API"):
-            ks.to_graph(net)
+        x = np.random.default_rng(0).normal(size=(3, 3)).astype("float32")
+        net(x)
+        graph = ks.to_graph(net)
+        assert [k for k in graph.nodes if graph.nodes[k]["kind"] != "input"] == ["d", "tanh", "multiply"]
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(ks.to_model(graph)(x)),
+                                   keras.ops.convert_to_numpy(net(x)), atol=1e-6)
 
     def test_a_layer_or_other_object(self):
-        with pytest.raises(ks.ModelError, match="Call it on a `keras.Input`"):
+        with pytest.raises(ks.ModelError, match="not been built"):
             ks.to_graph(keras.layers.Dense(2))
         with pytest.raises(ks.ModelError, match="Expected a keras.Model"):
             ks.to_graph("model.keras")

@@ -436,6 +436,7 @@ def test_insert_taps_refuses_points_that_feed_no_output():
     x = keras.Input((4,), name="x")
     _, second = keras.ops.split(x, [1], axis=-1)  # one output used, one not
     model = keras.Model(x, keras.layers.Dense(2, name="d")(second))
-    with pytest.raises(ks.TransformError, match=r"\['split\[0\]'\], which feed no output"):
+    split = ks.points(model)[1].removesuffix("[0]")  # the raw op's name depends on what ran before
+    with pytest.raises(ks.TransformError, match=rf"\['{split}\[0\]'\], which feed no output"):
         ks.insert_taps(model, ks.points(model))
-    assert len([layer for layer in ks.insert_taps(model, ["split[1]"]).layers if isinstance(layer, Tap)]) == 1
+    assert len([layer for layer in ks.insert_taps(model, [f"{split}[1]"]).layers if isinstance(layer, Tap)]) == 1

@@ -13,6 +13,13 @@ Grammar::
 - ``:port``: ``pre`` (the value before a fused activation, or the input of an
   activation layer) or ``scores`` (attention weights of an attention call).
 
+A name (or path segment) that contains a character of the grammar
+(``/ : @ [ ] * ?`` or a backtick) is written between backticks, a backtick
+inside it doubled: a layer named ``blk:conv`` has the address
+```` `blk:conv` ```` and its pre-activation ```` `blk:conv`:pre ````.
+`format_address` quotes where needed, so every address `points` lists parses
+back to the same point.
+
 Selection (globs, lists, predicates) is in `kerasurgery.address.selector`;
 resolving an address against a model's graph is in `kerasurgery.ir.resolve`.
 
@@ -34,12 +41,9 @@ from kerasurgery.errors import AddressError
 
 PORTS = ("pre", "scores")
 
-_LAST = re.compile(
-    r"^(?P<name>.+?)"
-    r"(?:@(?P<call>\d+))?"
-    r"(?:\[(?P<index>\d+)\])?"
-    r"(?::(?P<port>[A-Za-z_][A-Za-z0-9_]*))?$"
-)
+_SPECIAL = set("/:@[]*?`")
+_NAME = r"[^/:@\[\]`]+"
+_SUFFIX = re.compile(r"^(?:@(?P<call>\d+))?(?:\[(?P<index>\d+)\])?(?::(?P<port>[A-Za-z_][A-Za-z0-9_]*))?$")
 _GLOB_CHARS = "*?["
 
 
@@ -57,6 +61,56 @@ class Address:
         return format_address(self)
 
 
+def quote(name: str) -> str:
+    """`name` as written in an address: backtick-quoted if it holds a grammar character.
+
+    Example:
+        >>> quote("dense_1"), quote("blk:conv"), quote("a`b")
+        ('dense_1', '`blk:conv`', '`a``b`')
+    """
+    if name and not (set(name) & _SPECIAL):
+        return name
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _segments(text: str) -> list[tuple[str, str]]:
+    """Split an address on ``/`` outside backticks: ``[(name, rest), ...]``.
+
+    `name` is unquoted; `rest` is what follows a quoted name in its segment
+    (``@1[0]:pre``), or, for an unquoted segment, the whole segment.
+    """
+    out: list[tuple[str, str]] = []
+    i, n = 0, len(text)
+    while True:
+        if i < n and text[i] == "`":
+            name, i = [], i + 1
+            while True:
+                if i >= n:
+                    raise AddressError(
+                        f"Expected a closing backtick in address {text!r}. Received: an unclosed quote.",
+                        address=text,
+                    )
+                if text[i] == "`":
+                    if i + 1 < n and text[i + 1] == "`":
+                        name.append("`")
+                        i += 2
+                        continue
+                    i += 1
+                    break
+                name.append(text[i])
+                i += 1
+            end = text.find("/", i)
+            end = n if end < 0 else end
+            out.append(("`" + "".join(name), text[i:end]))
+        else:
+            end = text.find("/", i)
+            end = n if end < 0 else end
+            out.append(("", text[i:end]))
+        if end >= n:
+            return out
+        i = end + 1
+
+
 def parse(text: str) -> Address:
     """Parse an address string into an `Address`.
 
@@ -69,19 +123,35 @@ def parse(text: str) -> Address:
             f"of type {type(text).__name__}.",
             address=text,
         )
-    parts = text.split("/")
-    if not text or any(not p for p in parts):
-        raise AddressError(
-            "Expected an address of the form [path/]name[@call][[index]][:port]. "
-            f"Received: {text!r}, which has an empty part.",
-            address=text,
-        )
-    match = _LAST.match(parts[-1])
-    if match is None:  # pragma: no cover - the regex accepts any non-empty string
-        raise AddressError(f"Could not parse address. Received: {text!r}.", address=text)
+    form = "[path/]name[@call][[index]][:port] (names with grammar characters in backticks)"
+    segments = _segments(text) if text else [("", "")]
+    names: list[str] = []
+    for k, (quoted, rest) in enumerate(segments):
+        last = k == len(segments) - 1
+        if quoted:
+            name, suffix = quoted[1:], rest
+        else:
+            match = re.match(_NAME, rest)
+            name, suffix = (match.group(0), rest[match.end():]) if match else ("", rest)
+        if not name or (suffix and not last):
+            raise AddressError(
+                f"Expected an address of the form {form}. Received: {text!r}, "
+                + ("which has an empty part." if not name else f"whose path part {rest!r} is not a name."),
+                address=text,
+            )
+        names.append(name)
+        if last:
+            match = _SUFFIX.match(suffix)
+            if match is None:
+                raise AddressError(
+                    f"Expected an address of the form {form}. Received: {text!r}: {suffix!r} after the "
+                    f"name {name!r} is not '@call', '[index]' or ':port'. A name that contains one of "
+                    "/:@[]*? is written in backticks, e.g. `blk:conv`:pre.",
+                    address=text,
+                )
     return Address(
-        name=match["name"],
-        path=tuple(parts[:-1]),
+        name=names[-1],
+        path=tuple(names[:-1]),
         call=None if match["call"] is None else int(match["call"]),
         index=None if match["index"] is None else int(match["index"]),
         port=match["port"],
@@ -89,8 +159,8 @@ def parse(text: str) -> Address:
 
 
 def format_address(address: Address) -> str:
-    """Format an `Address` as text; the inverse of `parse`."""
-    text = "/".join((*address.path, address.name))
+    """Format an `Address` as text; the inverse of `parse` (names quoted where needed)."""
+    text = "/".join(quote(n) for n in (*address.path, address.name))
     if address.call is not None:
         text += f"@{address.call}"
     if address.index is not None:
@@ -114,13 +184,35 @@ def point_address(key: str, index: int | None = None, port: str | None = None) -
 def tap_name(address: str) -> str:
     """The layer name of the tap for `address` (``base/conv:pre`` -> ``base.conv_pre_tap``)."""
     a = parse(address)
-    parts = [".".join((*a.path, a.name))]
+    parts = [".".join((*a.path, a.name))]  # Keras names may hold any character but "/"
     parts += [str(v) for v in (a.call, a.index, a.port) if v is not None]
     return "_".join(parts) + "_tap"
 
 
+def path_names(text: str) -> list[str]:
+    """The names along an address or glob: its path, then its name without ``@call``, ``[index]`` or ``:port``.
+
+    Tolerant of glob characters (``transformer_layer_*/attention:scores``).
+
+    Example:
+        >>> path_names("encoder/block_*/dense@1:pre"), path_names("`a:b`/c")
+        (['encoder', 'block_*', 'dense'], ['a:b', 'c'])
+    """
+    names = []
+    segments = _segments(text)
+    for k, (quoted, rest) in enumerate(segments):
+        if quoted:
+            names.append(quoted[1:])
+            continue
+        if k == len(segments) - 1:
+            rest = re.sub(r"(?:@\d+)?(?:\[\d+\])?(?::[A-Za-z_][A-Za-z0-9_]*)?$", "", rest)
+        names.append(rest)
+    return names
+
+
 def is_glob(text: str) -> bool:
-    """Whether `text` contains fnmatch wildcard characters."""
-    return any(c in text for c in _GLOB_CHARS)
+    """Whether `text` contains fnmatch wildcard characters outside backtick-quoted names."""
+    outside = text.split("`")[::2]  # parts between quotes (a doubled backtick yields an empty part)
+    return any(c in part for part in outside for c in _GLOB_CHARS)
 
 

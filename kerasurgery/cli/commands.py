@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import kerasurgery as ks
+import kerasurgery.layers  # noqa: F401 - registers the project's layers before any model is loaded
 from kerasurgery.errors import DataError
 
 EXIT_CHECK_FAILED = 1  # a check the command runs (split's equality) failed

@@ -93,5 +93,12 @@ def check_graph(graph: nx.DiGraph) -> None:
                 problems.append(f"model output {ref.node!r} is not a node")
             elif not 0 <= ref.index < len(graph.nodes[ref.node].get("output_shapes", [None])):
                 problems.append(f"model output {ref.node!r}[{ref.index}] does not exist")
+    for alias, ref in (graph.graph.get("scores") or {}).items():
+        if not isinstance(ref, Ref) or ref.node not in graph:
+            problems.append(f"the scores of {alias!r} name {ref!r}, which is not an output of a node")
+    for alias, refs in (graph.graph.get("aliases") or {}).items():
+        for ref in refs:
+            if not isinstance(ref, Ref) or ref.node not in graph:
+                problems.append(f"alias {alias!r} names {ref!r}, which is not an output of a node")
     if problems:
         raise GraphError(problems)

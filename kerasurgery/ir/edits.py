@@ -75,7 +75,8 @@ def redirect(graph: nx.DiGraph, src: Ref, dst: Ref, *, exclude: tuple = ()) -> N
     """Make every consumer of output `src` read output `dst` instead.
 
     Consumers are out-edges of ``src.node`` feeding ``src.index`` (except to
-    nodes in `exclude` and to ``dst.node`` itself) and model outputs.
+    nodes in `exclude` and to ``dst.node`` itself), model outputs, and the
+    aliases (addresses of inlined or opened calls) that name it.
     """
     for child in list(graph.successors(src.node)):
         if child in exclude or child == dst.node:
@@ -99,6 +100,12 @@ def redirect(graph: nx.DiGraph, src: Ref, dst: Ref, *, exclude: tuple = ()) -> N
         graph.graph["outputs"],
         leaf=is_ref_leaf,
     )
+    aliases = graph.graph.get("aliases")
+    if aliases:
+        graph.graph["aliases"] = {k: [dst if r == src else r for r in refs] for k, refs in aliases.items()}
+    scores = graph.graph.get("scores")
+    if scores:
+        graph.graph["scores"] = {k: dst if r == src else r for k, r in scores.items()}
 
 
 def input_feed(graph: nx.DiGraph, key: str) -> tuple[str, int, str]:

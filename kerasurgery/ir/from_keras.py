@@ -1,43 +1,37 @@
 """Reading a Keras model into the IR (`to_graph`).
 
-The schema of the result is in `kerasurgery.ir.schema`. Nested Functional and
+The schema of the result is in `kerasurgery.ir.schema`; the walk over the
+model's recorded calls is `kerasurgery.ir.builder`. Nested Functional and
 Sequential models (whose ``call`` is Keras's own) are inlined: their nodes
 carry the path prefix, and a ``training`` value given to the nested call is
-passed down to the inner calls, exactly as Keras does at run time. Every
-Keras internal read here goes through `kerasurgery.keras_internals`.
+passed down to the inner calls, exactly as Keras does at run time. Layers
+whose ``call`` is Python code (custom layers, keras_hub blocks, subclassed
+models) can be *opened* by symbolic tracing (``open=``, see
+`kerasurgery.ir.opening`). A subclassed model, or a single layer, is read by
+tracing its ``call``. Every Keras internal read here goes through
+`kerasurgery.keras_internals`.
 """
 
 from __future__ import annotations
 
+import gc
+import inspect
 import warnings
-from collections import defaultdict
 from typing import Any
 
 import keras
 import networkx as nx
 
 from kerasurgery import keras_internals as internals
-from kerasurgery.address.grammar import node_key
 from kerasurgery.errors import ModelError
-from kerasurgery.ir.schema import Ref, Slot, map_structure
-from kerasurgery.layers import kinds
+from kerasurgery.ir.builder import Builder
+from kerasurgery.ir.opening import Opener
+from kerasurgery.ir.schema import Ref, map_structure
+from kerasurgery.ir.trace import forget_trace_calls
 
 
-def _template(obj: Any, prefix: str, slots: list) -> Any:
-    """Replace every KerasTensor in `obj` by a `Slot`, recording (slot, tensor)."""
-    if isinstance(obj, keras.KerasTensor):
-        slots.append((prefix, obj))
-        return Slot(prefix)
-    if isinstance(obj, dict):
-        return {k: _template(v, f"{prefix}.{k}", slots) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
-        return type(obj)(_template(v, f"{prefix}.{i}", slots) for i, v in enumerate(obj))
-    return obj
-
-
-
-def _functional_of(model: Any) -> Any:
-    """The Functional graph behind `model`, or a ModelError saying why not."""
+def _functional_of(model: Any) -> Any | None:
+    """The Functional graph behind `model`; None for a model or layer to trace; else a ModelError."""
     if isinstance(model, keras.Sequential):
         fn = internals.sequential_graph(model)
         if fn is None:
@@ -56,186 +50,146 @@ def _functional_of(model: Any) -> Any:
                 stacklevel=3,
             )
         return model
-    if isinstance(model, keras.Model):
-        raise ModelError(
-            "Expected a Functional or Sequential model. Received: a subclassed model "
-            f"'{model.name}' ({type(model).__name__}). Its computation lives in Python code in "
-            "`call()`, so Keras records no graph of layer calls to read or rewrite. Rewrite it with "
-            "the functional API (`outputs = layer(inputs)` ... `keras.Model(inputs, outputs)`); "
-            "wrapping it as `keras.Model(x, model(x))` only exposes its final output."
-        )
     if isinstance(model, keras.layers.Layer):
-        raise ModelError(
-            "Expected a Functional or Sequential keras.Model. Received: the layer "
-            f"'{model.name}' ({type(model).__name__}). Call it on a `keras.Input` and wrap it: "
-            "`x = keras.Input(shape); keras.Model(x, layer(x))`."
-        )
+        return None
     raise ModelError(
-        f"Expected a keras.Model (Functional or Sequential). Received: {model!r} "
+        f"Expected a keras.Model (Functional, Sequential or subclassed) or a layer. Received: {model!r} "
         f"of type {type(model).__name__}."
     )
 
 
-def _inlinable(op: Any) -> Any | None:
-    """The Functional to inline for a nested model call, or None (opaque op)."""
-    if isinstance(op, keras.Sequential):
-        if type(op).call is keras.Sequential.call:
-            return internals.sequential_graph(op)
-        return None
-    if internals.calls_like_functional(op):
-        return op
-    return None
+def _input_names(layer: Any, count: int) -> list[str]:
+    try:
+        params = [p.name for p in inspect.signature(layer.call).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    names = params[:count] if len(params) >= count and count > 1 else (params[:1] if count == 1 else [])
+    return names if len(names) == count else [f"input_{i}" for i in range(count)]
 
 
-class _Builder:
-    """Collects call-site records while walking (and inlining) a Functional."""
+def _symbolic_inputs(layer: Any, inputs: Any) -> tuple[Any, dict[int, dict[int, int]]]:
+    """The inputs to trace a subclassed model or a layer with, and sizes it may fall back to.
 
-    def __init__(self):
-        self.records: list[dict] = []
-        self.tensor_map: dict[int, tuple[int, int]] = {}
-
-    def add_input(self, tensor: Any) -> None:
-        op = internals.producer(tensor)
-        rid = self._record(op, "input", (), (), {}, [], [tensor], (0,))
-        self.tensor_map[id(tensor)] = (rid, 0)
-
-    def _record(self, op, kind, path, args, kwargs, feeds, outputs, sort_key) -> int:
-        self.records.append(
-            dict(
-                op=op,
-                kind=kind,
-                class_name=type(op).__name__,
-                name=op.name,
-                path=tuple(path),
-                args=args,
-                kwargs=kwargs,
-                feeds=feeds,
-                output_shapes=[tuple(t.shape) for t in outputs],
-                output_dtypes=[str(t.dtype) for t in outputs],
-                activation=(
-                    kinds.activation_name(kinds.fused_activation(op))
-                    if kinds.fused_activation(op) is not None
-                    else None
-                ),
-                sort_key=sort_key,
+    Given `inputs` are used as they are. Otherwise the shapes come from the
+    build config (the shapes it was first called or built with): the batch
+    dimension is left free, and so is every other axis (sequence length,
+    image size) that the call can follow; an axis it cannot follow (features
+    read by a Dense kernel) is fixed to the built size.
+    """
+    if inputs is not None:
+        flat = keras.tree.flatten(inputs)
+        if not flat or not all(isinstance(t, keras.KerasTensor) for t in flat):
+            raise ModelError(
+                "Expected `inputs` as keras.Input tensors (or a list/dict of them) shaped like the data "
+                f"'{layer.name}' takes. Received: {inputs!r}."
             )
+        return inputs, {}
+    config = layer.get_build_config() if layer.built else None
+    shape = (config or {}).get("input_shape")
+    if shape is None:
+        what = "model" if isinstance(layer, keras.Model) else "layer"
+        raise ModelError(
+            f"Expected a built {what} or `inputs`. Received: {type(layer).__name__} '{layer.name}', which "
+            "has not been built, so its input shapes are unknown. Call it once on data, call "
+            f"`{what}.build(input_shape)`, or pass `inputs=keras.Input(shape=...)`."
         )
-        return len(self.records) - 1
 
-    def walk(self, fn: Any, path: tuple, context: dict, prefix: tuple) -> None:
-        for node in internals.nodes_in_order(fn):
-            if node.is_input:
-                continue
-            op = node.operation
-            index = internals.call_index(op, node)
-            inner = _inlinable(op)
-            if inner is not None:
-                self._inline(node, op, inner, path, context, prefix + (index,))
-            else:
-                self._add_call(node, op, path, context, prefix + (index,))
+    def is_shape(s: Any) -> bool:
+        return isinstance(s, (list, tuple)) and all(d is None or isinstance(d, int) for d in s)
 
-    def _lookup(self, tensor: Any, where: str) -> tuple[int, int]:
-        try:
-            return self.tensor_map[id(tensor)]
-        except KeyError:
-            raise ModelError(
-                f"Expected every tensor argument of '{where}' to come from the model's inputs. "
-                f"Received: tensor {tensor.name!r} from outside the graph."
-            ) from None
-
-    def _add_call(self, node, op, path, context, sort_key) -> None:
-        call_args, kwargs, keras_tensors = internals.call_arguments(node)
-        names = internals.context_arguments(op)
-        for name, value in context.items():
-            if name in names:
-                kwargs[name] = value
-        slots: list = []
-        args_t = tuple(_template(a, str(i), slots) for i, a in enumerate(call_args))
-        kwargs_t = {k: _template(v, k, slots) for k, v in kwargs.items()}
-        if len(slots) != len(keras_tensors):
-            raise ModelError(
-                f"Expected the tensor arguments of '{op.name}' in lists, tuples or dicts. "
-                f"Received: a call whose tensors sit inside {type(call_args).__name__} "
-                "objects kerasurgery cannot see into."
-            )
-        feeds = [(slot, self._lookup(t, op.name)) for slot, t in slots]
-        kind = "layer" if isinstance(op, keras.layers.Layer) else "op"
-        rid = self._record(op, kind, path, args_t, kwargs_t, feeds, node.outputs, sort_key)
-        for i, t in enumerate(node.outputs):
-            self.tensor_map[id(t)] = (rid, i)
-
-    def _inline(self, node, op, inner, path, context, sort_key) -> None:
-        args, kwargs, _ = internals.call_arguments(node)
-        given = args[0] if args else kwargs.get("inputs")
-        flat = keras.tree.flatten(given)
-        inner_inputs = internals.flat_inputs(inner)
-        if len(flat) != len(inner_inputs) or not all(isinstance(t, keras.KerasTensor) for t in flat):
-            raise ModelError(
-                f"Expected nested model '{op.name}' to be called on {len(inner_inputs)} tensor(s) "
-                f"matching its inputs. Received: {len(flat)} argument(s)."
-            )
-        for outer_t, inner_t in zip(flat, inner_inputs):
-            self.tensor_map[id(inner_t)] = self._lookup(outer_t, op.name)
-        inner_context = {
-            k: v for k, v in kwargs.items() if k in internals.context_arguments(op) and v is not None
-        }
-        inner_context.update(context)  # an enclosing call's value wins, as at run time
-        self.walk(inner, path + (op.name,), inner_context, sort_key)
-        for outer_t, inner_t in zip(node.outputs, internals.flat_outputs(inner)):
-            self.tensor_map[id(outer_t)] = self.tensor_map[id(inner_t)]
-
-    def keys(self) -> list[str]:
-        """Assign call indices and node keys; returns one key per record."""
-        sites: dict[tuple, list[int]] = defaultdict(list)
-        for rid, rec in enumerate(self.records):
-            sites[(rec["path"], rec["name"])].append(rid)
-        keys = [""] * len(self.records)
-        for (path, name), rids in sites.items():
-            rids.sort(key=lambda r: self.records[r]["sort_key"])
-            for call, rid in enumerate(rids):
-                self.records[rid]["call"] = call
-                keys[rid] = node_key(path, name, call if len(rids) > 1 else None)
-        if len(set(keys)) != len(keys):
-            dup = sorted({k for k in keys if keys.count(k) > 1})
-            raise ModelError(
-                f"Expected distinct addresses for distinct call sites. Received: names that "
-                f"collide with call-site addresses: {dup}."
-            )
-        return keys
+    if is_shape(shape):
+        shapes: Any = tuple(shape)
+    elif isinstance(shape, dict):
+        shapes = {k: tuple(v) for k, v in shape.items()}
+    else:
+        shapes = [tuple(s) for s in shape]
+    listed = [shapes] if is_shape(shapes) else (list(shapes.values()) if isinstance(shapes, dict) else shapes)
+    fallback = {i: {a: d for a, d in enumerate(s) if a > 0 and d is not None} for i, s in enumerate(listed)}
+    free = [tuple(None for _ in s) for s in listed]
+    if isinstance(shapes, dict):
+        return {k: keras.Input(batch_shape=s, name=k) for k, s in zip(shapes, free)}, fallback
+    names = _input_names(layer, len(listed))
+    if is_shape(shapes):
+        return keras.Input(batch_shape=free[0], name=names[0]), fallback
+    return [keras.Input(batch_shape=s, name=n) for s, n in zip(free, names)], fallback
 
 
-def to_graph(model: Any) -> nx.DiGraph:
-    """Read a Functional or Sequential model into the kerasurgery IR.
+def to_graph(model: Any, *, open: Any = None, inputs: Any = None) -> nx.DiGraph:  # noqa: A002
+    """Read a Keras model (or layer) into the kerasurgery IR.
 
     Nested Functional and Sequential models are inlined (their nodes carry the
-    path prefix); every call site of a shared layer is its own node. The model
-    is not changed.
+    path prefix); every call site of a shared layer is its own node. Layers
+    whose ``call`` is Python code can be opened by symbolic tracing: their
+    inner calls become nodes under the layer's name, weights shared, at every
+    input size the model accepts. A subclassed model (or a layer) is read by
+    tracing its ``call``. The model is not changed.
 
     Args:
-        model: a Functional model (including subclasses of Functional such as
-            keras_hub backbones) or a built Sequential model.
+        model: a Functional model (keras_hub backbones included), a built
+            Sequential model, a built subclassed `keras.Model`, or a layer.
+        open: which layers to open: None (none; addresses open on demand in
+            `expose`, `collect`, ...), True (every layer whose ``call`` is not
+            Keras's own, recursively; untraceable ones stay closed and are
+            listed in ``graph.graph["closed"]``), or a selector of layers
+            (addresses, globs, a list, a predicate).
+        inputs: for a subclassed model or a layer: `keras.Input` tensors to
+            trace it with (default: from its build config, float32).
 
     Returns:
-        A new `networkx.DiGraph` following the schema in this module's docstring.
+        A new `networkx.DiGraph` following `kerasurgery.ir.schema`.
 
     Raises:
-        ModelError: the model is subclassed, unbuilt, or not a model.
+        ModelError: the model is unbuilt or not a model; a layer named in
+            `open` cannot be traced (`TraceError`, naming the line and reason).
 
     Example:
         >>> import keras, kerasurgery as ks
         >>> inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")], name="enc")
         >>> x = keras.Input((4,), name="x")
         >>> g = ks.to_graph(keras.Model(x, inner(x)))
-        >>> list(g.nodes)
-        ['x', 'enc/d']
+        >>> list(g.nodes), g.graph["aliases"]
+        (['x', 'enc/d'], {'enc': [Ref(node='enc/d', index=0)]})
     """
+    opener = open if isinstance(open, Opener) else Opener(open)
     fn = _functional_of(model)
-    builder = _Builder()
-    for t in internals.flat_inputs(fn):
-        builder.add_input(t)
-    builder.walk(fn, (), {}, ())
-    keys = builder.keys()
+    builder = Builder(opener)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # many small objects; the cyclic GC would make large graphs superlinear
+    try:
+        if fn is None:
+            graph_inputs, graph_outputs = _read_traced(model, inputs, builder)
+        else:
+            for t in internals.flat_inputs(fn):
+                builder.add_input(t)
+            builder.walk(fn, (), {}, ())
+            graph_inputs, graph_outputs = internals.input_structure(fn), internals.output_structure(fn)
+        graph = _assemble(model, builder, graph_inputs, graph_outputs)
+    finally:
+        builder.restore()
+        if gc_was_enabled:
+            gc.enable()
+    if builder.closed and opener.everything:
+        listed = "; ".join(f"{k}: {r}" for k, r in list(graph.graph["closed"].items())[:5])
+        warnings.warn(f"{len(builder.closed)} layer(s) could not be opened and stay closed: {listed}", stacklevel=2)
+    return graph
 
+
+def _read_traced(layer: Any, inputs: Any, builder: Builder) -> tuple[Any, Any]:
+    """Record a subclassed model's (or layer's) call on symbolic inputs, opened at the top."""
+    restore = forget_trace_calls(layer)
+    try:
+        symbolic, fallback = _symbolic_inputs(layer, inputs)
+        for t in keras.tree.flatten(symbolic):
+            builder.add_input(t)
+        outputs = builder.open_top(layer, symbolic, fallback)
+    finally:
+        restore()
+    return symbolic, outputs
+
+
+def _assemble(model: Any, builder: Builder, graph_inputs: Any, graph_outputs: Any) -> nx.DiGraph:
+    keys, aliases, closed = builder.keys()
     graph = nx.DiGraph(name=model.name)
     for order, (key, rec) in enumerate(zip(keys, builder.records)):
         feeds = rec.pop("feeds")
@@ -248,18 +202,54 @@ def to_graph(model: Any) -> nx.DiGraph:
             else:
                 graph.add_edge(pkey, key, feeds=[(index, slot)])
 
-    def ref(t):
+    def ref(t: Any) -> Ref:
         rid, index = builder.tensor_map[id(t)]
         return Ref(keys[rid], index)
 
-    def input_key(t):
+    def input_key(t: Any) -> str:
         return keys[builder.tensor_map[id(t)][0]]
 
     is_leaf = lambda o: isinstance(o, keras.KerasTensor)  # noqa: E731
-    graph.graph["inputs"] = map_structure(input_key, internals.input_structure(fn), leaf=is_leaf)
-    graph.graph["outputs"] = map_structure(ref, internals.output_structure(fn), leaf=is_leaf)
-    graph.graph["output_names"] = list(getattr(model, "output_names", None) or [])
+    graph.graph["inputs"] = map_structure(input_key, graph_inputs, leaf=is_leaf)
+    graph.graph["outputs"] = map_structure(ref, graph_outputs, leaf=is_leaf)
+    names = list(getattr(model, "output_names", None) or [])
+    graph.graph["output_names"] = names if internals.is_functional(model) or isinstance(model, keras.Sequential) else []
+    graph.graph["aliases"] = {k: [Ref(keys[rid], i) for rid, i in refs] for k, refs in aliases.items()}
+    graph.graph["closed"] = closed
+    graph.graph["scores"] = {k: Ref(keys[rid], i) for k, (rid, i) in builder.score_keys.items()}
     return graph
+
+
+def graph_for(model: Any, *selectors: Any, open: Any = None) -> nx.DiGraph:  # noqa: A002
+    """The graph of `model` in which every address of `selectors` exists: opening on demand.
+
+    ``to_graph(model, open=open)``, and the layers on the paths of the
+    string addresses (and globs) in `selectors` opened as well:
+    ``transformer_layer_0/self_attention_layer:scores`` opens
+    ``transformer_layer_0``. A graph is returned as it is.
+
+    Example:
+        >>> import keras, kerasurgery as ks
+        >>> from kerasurgery.ir.from_keras import graph_for
+        >>> x = keras.Input((3,), name="x")
+        >>> model = keras.Model(x, keras.layers.Dense(2, name="d")(x))
+        >>> list(graph_for(model, ["d:pre"]).nodes)
+        ['x', 'd']
+    """
+    if isinstance(model, nx.DiGraph):
+        return model
+    paths = []
+    for selector in selectors:
+        if selector is None or (callable(selector) and not isinstance(selector, str)):
+            continue
+        try:
+            given = [selector] if isinstance(selector, str) else list(selector)
+        except TypeError:  # not a selector at all: resolving it later says so
+            continue
+        paths.extend(i for i in given if isinstance(i, str) and ("/" in i or i.endswith(":scores")))
+    if not paths and open in (None, False):
+        return to_graph(model)
+    return to_graph(model, open=Opener(open, paths_of=paths))
 
 
 def as_graph(model_or_graph: Any) -> nx.DiGraph:

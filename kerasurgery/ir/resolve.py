@@ -16,7 +16,7 @@ from typing import Any
 from kerasurgery.address.grammar import PORTS, Address, is_glob, parse, point_address
 from kerasurgery.address.selector import Selector, close_matches, glob_matches, items, select
 from kerasurgery.errors import AddressError
-from kerasurgery.ir.from_keras import as_graph
+from kerasurgery.ir.from_keras import graph_for
 from kerasurgery.ir.schema import topological_order
 from kerasurgery.layers import kinds
 
@@ -57,11 +57,28 @@ def _node_points(key: str, data: dict) -> list[str]:
     return out
 
 
+def _alias_points(key: str, refs: list) -> list[str]:
+    return [key] if len(refs) == 1 else [point_address(key, i) for i in range(len(refs))]
+
+
 def list_points(graph: Any) -> list[str]:
-    """Every address of `graph` that `expose` accepts, in topological order."""
+    """Every address of `graph` that `expose` accepts, in topological order.
+
+    The address of an inlined nested model or an opened layer (an alias of
+    its outputs, ``encoder``) comes right after the node computing its last
+    output.
+    """
+    after: dict[str, list[str]] = defaultdict(list)
+    for alias, refs in (graph.graph.get("aliases") or {}).items():
+        if refs and all(ref.node in graph for ref in refs):
+            after[refs[-1].node].extend(_alias_points(alias, refs))
+    for alias, ref in (graph.graph.get("scores") or {}).items():
+        if ref.node in graph:
+            after[ref.node].append(point_address(alias, None, "scores"))
     result = []
     for key in topological_order(graph):
         result.extend(_node_points(key, graph.nodes[key]))
+        result.extend(after.get(key, ()))
     return result
 
 
@@ -78,6 +95,11 @@ class Resolver:
         for key, data in graph.nodes(data=True):
             path, name, _ = _identity(key, data)
             self._by_name[(path, name)].append(key)
+        self.aliases = dict(graph.graph.get("aliases") or {})
+        self._alias_sites: dict[tuple[tuple[str, ...], str], dict[int, str]] = defaultdict(dict)
+        for key in self.aliases:
+            a = parse(key)
+            self._alias_sites[(a.path, a.name)][a.call or 0] = key
         self._points: list[str] | None = None
         self.model_name = graph.graph.get("name", "model")
 
@@ -96,6 +118,8 @@ class Resolver:
         """Resolve one exact (non-glob) address to a `Point`."""
         address = parse(text)
         sites = self._by_name.get((address.path, address.name))
+        if not sites and (address.path, address.name) in self._alias_sites:
+            return self._resolve_alias(text, address)
         if not sites:
             raise AddressError(
                 f"Expected the address of a point of model '{self.model_name}'. "
@@ -126,6 +150,40 @@ class Resolver:
                 suggestions=options,
             )
         return Point(key, address.index, None)
+
+    def _resolve_alias(self, text: str, address: Address) -> Point:
+        """The address of an inlined nested model or an opened layer: one of its outputs."""
+        by_call = self._alias_sites[(address.path, address.name)]
+        options = [by_call[c] for c in sorted(by_call)]
+        call = address.call if address.call is not None else (0 if len(by_call) == 1 else None)
+        if call not in by_call:
+            raise AddressError(
+                f"'{address.name}' is called {len(by_call)} times in model '{self.model_name}'; expected "
+                f"the call site with '@', one of {options}. Received: {text!r}.",
+                address=text, suggestions=options,
+            )
+        key = by_call[call]
+        refs = self.aliases[key]
+        if address.index is None and len(refs) > 1:
+            raise AddressError(
+                f"'{key}' returns {len(refs)} tensors; expected an output index such as "
+                f"{point_address(key, 0)!r}. Received: {text!r}.",
+                address=text, suggestions=_alias_points(key, refs),
+            )
+        index = address.index or 0
+        if index >= len(refs):
+            raise AddressError(
+                f"'{key}' returns {len(refs)} tensor(s); expected an index below {len(refs)}. Received: {text!r}.",
+                address=text, suggestions=_alias_points(key, refs),
+            )
+        ref = refs[index]
+        if address.port is None:
+            return Point(ref.node, ref.index, None)
+        scores = (self.graph.graph.get("scores") or {}).get(key)
+        if address.port == "scores" and scores is not None:
+            return Point(scores.node, scores.index, None)
+        target = self.graph.nodes[ref.node]
+        return self._resolve_port(text, Address(target.get("name", ref.node), port=address.port), ref.node, target)
 
     def _pick_site(self, text: str, address: Address, sites: list[str]) -> str:
         by_call = {_identity(k, self.graph.nodes[k])[2]: k for k in sites}
@@ -199,7 +257,7 @@ class Resolver:
         return text
 
 
-def points(model_or_graph: Any, pattern: Selector | None = None) -> list[str]:
+def points(model_or_graph: Any, pattern: Selector | None = None, *, open: Any = None) -> list[str]:  # noqa: A002
     """List every address that `expose` accepts, in topological order.
 
     This is the discovery call: every error about an address suggests close
@@ -211,7 +269,12 @@ def points(model_or_graph: Any, pattern: Selector | None = None) -> list[str]:
         pattern: optional selector (an address, a glob, a list of them, or a
             predicate; see `kerasurgery.address.selector`). A glob without
             ``:`` keeps only plain outputs, ``"*:pre"`` keeps every
-            pre-activation; globs that match nothing list nothing.
+            pre-activation; globs that match nothing list nothing. A
+            pattern through a closed layer opens it
+            (``"transformer_layer_0/*"``).
+        open: as for `kerasurgery.to_graph`: True lists what opening every
+            layer offers (attention scores and pre-activations inside
+            keras_hub blocks, ...).
 
     Returns:
         A list of address strings.
@@ -223,7 +286,7 @@ def points(model_or_graph: Any, pattern: Selector | None = None) -> list[str]:
         >>> ks.points(keras.Model(x, y))
         ['x', 'head:pre', 'head']
     """
-    resolver = Resolver(as_graph(model_or_graph))
+    resolver = Resolver(graph_for(model_or_graph, pattern, open=open))
     every = resolver.points()
     if pattern is None:
         return list(every)

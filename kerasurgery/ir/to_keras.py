@@ -20,7 +20,9 @@ from kerasurgery.errors import GraphError
 from kerasurgery.ir.check import check_graph
 from kerasurgery.ir.clone import copy_state
 from kerasurgery.ir.schema import fill, input_keys, is_ref_leaf, map_structure, output_refs, topological_order
+from kerasurgery.address.grammar import node_key
 from kerasurgery.layers.named_outputs import OutputNamedModel
+from kerasurgery.layers.traced import NamedCall, Unsaveable
 
 
 def needed_nodes(graph: nx.DiGraph) -> set:
@@ -36,21 +38,59 @@ def needed_nodes(graph: nx.DiGraph) -> set:
     return seen
 
 
-def _check_names(graph: nx.DiGraph, keys: list[str]) -> None:
-    by_name: dict[str, set] = defaultdict(set)
+def unique_callables(graph: nx.DiGraph, keys: list[str]) -> dict[str, Any]:
+    """The operation each node calls, renamed where names clash: ``{key: callable}``.
+
+    A flat Keras model needs distinct operations to have distinct names. A
+    nested model and its parent may hold layers of one name, and every block
+    of an opened keras_hub backbone has a ``self_attention_layer``. Each
+    operation whose name another distinct operation also has is called
+    through a `NamedCall` (one per operation, named after its node's address
+    and remembering it), so the original layer object is shared, not renamed.
+    """
+    by_name: dict[str, dict[int, Any]] = defaultdict(dict)
+    first_key: dict[int, str] = {}
     for key in keys:
         op = graph.nodes[key]["op"]
-        by_name[op.name].add(id(op))
-    clashes = sorted(name for name, ids in by_name.items() if len(ids) > 1)
-    if clashes:
-        raise GraphError(
-            [
-                f"distinct operations share the name {name!r}; a flat Keras model needs unique "
-                "names (this happens when a nested model and its parent both have a layer of that "
-                "name: rename one before building the model)"
-                for name in clashes
-            ]
-        )
+        by_name[op.name][id(op)] = op
+        first_key.setdefault(id(op), key)
+    taken = {name for name, ops in by_name.items() if len(ops) == 1}
+    wrapped: dict[int, Any] = {}
+    for name, ops in by_name.items():
+        if len(ops) < 2:
+            continue
+        for op_id, op in ops.items():
+            data = graph.nodes[first_key[op_id]]
+            address = node_key(tuple(data.get("path", ())), data.get("name", op.name), None)
+            base = address.replace("/", "_")  # no "/" in Keras names, no "." in torch parameter names
+            unique, n = base, 0
+            while unique in taken:
+                n += 1
+                unique = f"{base}_{n}"
+            taken.add(unique)
+            reason = _unserializable(op)
+            wrapped[op_id] = (Unsaveable(op, address=address, reason=reason, name=unique) if reason
+                              else NamedCall(op, address=address, name=unique))
+    for key in keys:
+        op = graph.nodes[key]["op"]
+        reason = _unserializable(op) if id(op) not in wrapped else None
+        if reason:
+            data = graph.nodes[key]
+            address = node_key(tuple(data.get("path", ())), data.get("name", op.name), None)
+            name = op.name if op.name not in taken or by_name[op.name].keys() == {id(op)} else address.replace("/", "_")
+            wrapped[id(op)] = Unsaveable(op, address=address, reason=reason, name=name)
+    return {key: wrapped.get(id(graph.nodes[key]["op"]), graph.nodes[key]["op"]) for key in keys}
+
+
+def _unserializable(op: Any) -> str | None:
+    """Why Keras could not write `op`'s config, or None if it can (layers only)."""
+    if not isinstance(op, keras.layers.Layer):
+        return None
+    try:
+        op.get_config()
+    except NotImplementedError as error:
+        return " ".join(str(error).split())[:160]
+    return None
 
 
 def _make_input(key: str, data: dict) -> Any:
@@ -64,13 +104,14 @@ def _make_input(key: str, data: dict) -> Any:
     )
 
 
-def call_node(graph: nx.DiGraph, key: str, tensors: dict[str, list]) -> list:
+def call_node(graph: nx.DiGraph, key: str, tensors: dict[str, list], op: Any = None) -> list:
     """Call the operation of node `key` on the tensors of its parents.
 
     Args:
         graph: the graph.
         key: the node to call.
         tensors: ``{node key: flat list of output tensors}`` for its parents.
+        op: what to call instead of the node's ``op`` (its renamed call).
 
     Returns:
         The flat list of the call's output tensors.
@@ -84,7 +125,8 @@ def call_node(graph: nx.DiGraph, key: str, tensors: dict[str, list]) -> list:
     args = fill(data.get("args", ()), values)
     kwargs = fill(data.get("kwargs", {}), values)
     try:
-        out = data["op"](*args, **kwargs)
+        out = (op if op is not None else data["op"])(*args, **kwargs)
+        internals.clear_false_sparsity(keras.tree.flatten(out), list(values.values()))
     except Exception as e:
         raise GraphError(
             [f"calling node {key!r} ({type(data['op']).__name__}) failed: {type(e).__name__}: {e}"]
@@ -136,14 +178,14 @@ def to_model(graph: nx.DiGraph, *, name: str | None = None) -> keras.Model:
 def _build(graph: nx.DiGraph, name: str | None) -> keras.Model:
     needed = needed_nodes(graph)
     order = [k for k in topological_order(graph) if k in needed]
-    _check_names(graph, [k for k in order] + input_keys(graph))
+    callables = unique_callables(graph, [k for k in order if graph.nodes[k].get("kind") != "input"])
     tensors: dict[str, list] = {}
     for key in input_keys(graph):
         tensors[key] = [_make_input(key, graph.nodes[key])]
     for key in order:
         if graph.nodes[key].get("kind") == "input":
             continue
-        tensors[key] = call_node(graph, key, tensors)
+        tensors[key] = call_node(graph, key, tensors, callables[key])
     inputs = map_structure(lambda k: tensors[k][0], graph.graph["inputs"])
     outputs = map_structure(lambda r: tensors[r.node][r.index], graph.graph["outputs"], leaf=is_ref_leaf)
     model = _functional(inputs, outputs, name or graph.graph.get("name"), graph.graph.get("output_names"))

@@ -6,6 +6,10 @@
                        sharing the layer's variables (``:pre``)
 `AttentionScores`      an attention call that also returns its weights
                        (``:scores``)
+`OutputNamedModel`     a functional model keeping given output names
+`SizedCall`            a traced call whose constants follow the input sizes
+`VariableRead`         a variable's value, for traced calls that read it
+`NamedCall`            a layer called under a unique name (flat rebuilds)
 =====================  ======================================================
 
 `kerasurgery.layers.kinds` classifies Keras layers (which offer ``:pre`` or
@@ -15,7 +19,9 @@
 """
 
 from kerasurgery.layers.attention_scores import AttentionScores
+from kerasurgery.layers.named_outputs import OutputNamedModel
 from kerasurgery.layers.pre_activation import PreActivation
 from kerasurgery.layers.tap import Tap
+from kerasurgery.layers.traced import NamedCall, SizedCall, VariableRead
 
-__all__ = ["AttentionScores", "PreActivation", "Tap"]
+__all__ = ["AttentionScores", "NamedCall", "OutputNamedModel", "PreActivation", "SizedCall", "Tap", "VariableRead"]

@@ -100,3 +100,21 @@ def ports_of(op: Any) -> tuple[str, ...]:
     if is_attention_layer(op):
         ports.append("scores")
     return tuple(ports)
+
+
+def is_attention_like(op: Any) -> bool:
+    """An attention layer, built-in or not (keras_hub's ``CachedGemmaAttention``, ``LlamaAttention``, ...).
+
+    Such a layer, once opened, offers ``:scores``: the output of the one
+    softmax inside it.
+    """
+    return is_attention_layer(op) or (isinstance(op, keras.layers.Layer) and "attention" in type(op).__name__.lower())
+
+
+def is_softmax(op: Any) -> bool:
+    """A softmax call: the ``Softmax`` layer, an ``Activation("softmax")`` or the raw ``ops.softmax``."""
+    if isinstance(op, keras.layers.Softmax):
+        return True
+    if type(op) is keras.layers.Activation:
+        return activation_name(op.activation) == "softmax"
+    return type(op).__name__ == "Softmax" and not isinstance(op, keras.layers.Layer)

@@ -24,7 +24,8 @@ class LayerWrapper(keras.layers.Layer):
     def __init__(self, layer: keras.layers.Layer, **kwargs):
         if not self.accepts(layer):
             raise TransformError(f"Expected {self.expected}. Received: {layer!r}.")
-        kwargs.setdefault("dtype", layer.dtype_policy)
+        if getattr(layer, "dtype_policy", None) is not None:
+            kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(**kwargs)
         self.layer = layer
 

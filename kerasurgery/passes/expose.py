@@ -7,7 +7,7 @@ import networkx as nx
 
 from kerasurgery.address.selector import Selector
 from kerasurgery.errors import TransformError
-from kerasurgery.ir.from_keras import to_graph
+from kerasurgery.ir.from_keras import graph_for
 from kerasurgery.ir.names import Names
 from kerasurgery.ir.resolve import Resolver
 from kerasurgery.ir.schema import Ref, copy_graph
@@ -75,5 +75,5 @@ def expose(model: keras.Model, points: Selector, *, keep_outputs: bool = False) 
         >>> logits.shape
         (2, 3)
     """
-    graph = expose_pass(to_graph(model), points, keep_outputs=keep_outputs)
+    graph = expose_pass(graph_for(model, points), points, keep_outputs=keep_outputs)
     return to_model(graph, name=f"{model.name}_probe")

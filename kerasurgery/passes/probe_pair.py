@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from kerasurgery.address.selector import Selector
-from kerasurgery.ir.from_keras import to_graph
+from kerasurgery.ir.from_keras import graph_for
 from kerasurgery.ir.resolve import Resolver
 from kerasurgery.ir.to_keras import to_model
 from kerasurgery.passes.copy import copy_pass
@@ -36,7 +36,7 @@ def probe_pair(model: keras.Model, points: Selector, *, copy: bool = False) -> t
         >>> training.get_layer("d").kernel is checking.get_layer("d_pre").layer.kernel
         True
     """
-    graph = to_graph(model)
+    graph = graph_for(model, points)
     Resolver(graph).select(points, what="points")  # fail early, before copying
     if copy:
         graph = copy_pass(graph)

@@ -20,7 +20,7 @@ from kerasurgery.address.selector import Selector, items, select
 from kerasurgery.errors import AddressError, TransformError
 from kerasurgery.ir.clone import clone_op
 from kerasurgery.ir.edits import add_call, new_key, redirect
-from kerasurgery.ir.from_keras import to_graph
+from kerasurgery.ir.from_keras import graph_for
 from kerasurgery.ir.names import Names
 from kerasurgery.ir.resolve import Resolver
 from kerasurgery.ir.schema import Ref, copy_graph
@@ -173,5 +173,5 @@ def split_activations(model: keras.Model, layers: Selector | None = None) -> ker
         >>> [layer.name for layer in split.layers], split.output_names
         (['x', 'd', 'd_activation'], ['d'])
     """
-    graph = split_activations_pass(to_graph(model), layers, copy=True)
+    graph = split_activations_pass(graph_for(model, layers), layers, copy=True)
     return to_model(graph, name=model.name)

@@ -9,7 +9,7 @@ from kerasurgery.address.grammar import tap_name
 from kerasurgery.address.selector import Selector
 from kerasurgery.errors import TransformError
 from kerasurgery.ir.edits import add_call, input_feed, new_key, redirect
-from kerasurgery.ir.from_keras import to_graph
+from kerasurgery.ir.from_keras import graph_for
 from kerasurgery.ir.names import Names
 from kerasurgery.ir.resolve import Point, Resolver
 from kerasurgery.ir.schema import Ref, copy_graph, output_refs
@@ -113,5 +113,5 @@ def insert_taps(model: keras.Model, points: Selector) -> keras.Model:
         >>> ks.points(tapped), tapped.output_names
         (['x', 'd_pre', 'd_pre_tap', 'd_activation:pre', 'd_activation'], ['d'])
     """
-    graph = insert_taps_pass(to_graph(model), points)
+    graph = insert_taps_pass(graph_for(model, points), points)
     return to_model(graph, name=model.name)

@@ -20,7 +20,7 @@ import keras
 
 from kerasurgery.address.selector import Selector
 from kerasurgery.errors import DataError
-from kerasurgery.ir.from_keras import to_graph
+from kerasurgery.ir.from_keras import graph_for
 from kerasurgery.ir.resolve import Resolver
 from kerasurgery.passes.expose import expose
 from kerasurgery.runtime import backend
@@ -66,7 +66,7 @@ def resolve(model: keras.Model, points: Selector | None, *, default: str = "outp
     ``default="outputs"`` is every layer output (plain outputs of every
     non-input node); ``"all"`` is every address of `kerasurgery.points`.
     """
-    graph = to_graph(model)
+    graph = graph_for(model, points)
     resolver = Resolver(graph)
     if points is not None:
         return list(resolver.select(points, what="points"))
