@@ -40,7 +40,11 @@ WRITES = {
     "06_attention.py": ["attention.png"],
     "07_feature_extraction.py": ["features.h5"],
     "08_surgery.py": ["rescaled.keras"],
+    "09_keras_hub_attention.py": ["attention_heads.png"],
 }
+
+#: Examples that need an optional package (skipped without it; CI's keras_hub step runs them).
+NEEDS = {"09_keras_hub_attention.py": "keras_hub"}
 
 #: Every job of the README's table has an example (job -> script).
 JOBS = {
@@ -89,6 +93,8 @@ def _check_outputs(script, out, before):
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_runs(script, tmp_path, monkeypatch, capsys):
     """In-process (one TensorFlow import for all), as ``python script --out DIR``."""
+    if script.name in NEEDS:
+        pytest.importorskip(NEEDS[script.name])
     before = sorted(p.name for p in (ROOT / "examples").iterdir())
     run_example(script, tmp_path, monkeypatch)
     assert capsys.readouterr().out.strip(), "an example should say what it found"

@@ -87,6 +87,7 @@ def scores_points(name):
     return [FAMILIES[name][2].format(i) for i in BLOCKS[name]]
 
 
+@pytest.mark.backend
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_every_block_opens_and_reproduces_the_backbone(name, built):
     model = built(name)
@@ -130,6 +131,7 @@ def _causal(padding):
     return causal[None] & padding.astype(bool)[:, None, :]
 
 
+@pytest.mark.backend
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_scores_of_every_block_equal_an_independent_reference(name, built):
     model = built(name)
