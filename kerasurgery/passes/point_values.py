@@ -29,7 +29,9 @@ class PointValues:
 
     The PreActivation wrapper holds the original layer (shared variables); the
     call site's key then names the Activation node, so downstream edges and
-    addresses stay valid. One wrapper and one Activation layer per layer
+    addresses stay valid. The Activation also applies the layer's
+    ``activity_regularizer`` (the wrapper calls the layer without it), so the
+    regularization loss is still computed on the activation's output. One wrapper and one Activation layer per layer
     object, reused across that layer's call sites.
     """
 
@@ -66,7 +68,10 @@ class PointValues:
         if id(op) not in self.ops:
             wrapper = PreActivation(op, name=self.names.make(f"{op.name}_pre"))
             act = keras.layers.Activation(
-                op.activation, name=self.names.make(f"{op.name}_activation"), dtype=op.dtype_policy
+                op.activation,
+                name=self.names.make(f"{op.name}_activation"),
+                dtype=op.dtype_policy,
+                activity_regularizer=getattr(op, "activity_regularizer", None),
             )
             self.ops[id(op)] = (wrapper, act)
         wrapper, act = self.ops[id(op)]
