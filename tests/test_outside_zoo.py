@@ -88,3 +88,134 @@ def test_split_copy_trains_like_the_original():
     losses = [float(m.train_on_batch(X, y)) for m in (copy, model)]
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
     assert_same_outputs(model, copy, X)
+
+
+# ---------------------------------------------------------------------------
+# :pre / :scores at one call of a shared layer: the layer sits in one place only
+
+
+def shared_dense():
+    x = keras.Input((6,), name="x")
+    dense = layers.Dense(6, activation="relu", bias_initializer="ones", name="shared")
+    h1 = dense(x)
+    h2 = dense(h1)
+    return keras.Model(x, layers.Add(name="add")([h1, h2]), name="shared_dense")
+
+
+def shared_mha():
+    x = keras.Input((4, 6), name="x")
+    mha = layers.MultiHeadAttention(num_heads=2, key_dim=3, name="mha")
+    h1 = mha(x, x)
+    h2 = mha(h1, x)
+    return keras.Model(x, layers.Add(name="add")([h1, h2]), name="shared_mha")
+
+
+SEQ = RNG.normal(size=(3, 4, 6)).astype("float32")
+
+
+def _dense_pre(model, inputs):
+    """``inputs @ kernel + bias`` of the shared Dense, by hand."""
+    dense = model.get_layer("shared")
+    return inputs @ keras.ops.convert_to_numpy(dense.kernel) + keras.ops.convert_to_numpy(dense.bias)
+
+
+def _mha_scores(model, query, value):
+    """Attention weights of the shared MHA by hand: softmax(q k^T / sqrt(d)) per head."""
+    mha = model.get_layer("mha")
+    w = {v.path.split("/")[-2]: keras.ops.convert_to_numpy(v) for v in mha.weights if v.path.endswith("kernel")}
+    b = {v.path.split("/")[-2]: keras.ops.convert_to_numpy(v) for v in mha.weights if v.path.endswith("bias")}
+    q = np.einsum("bsf,fhd->bshd", query, w["query"]) + b["query"]
+    k = np.einsum("bsf,fhd->bshd", value, w["key"]) + b["key"]
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _check_saved(model, rewritten, data, tmp_path, layer_name, wrapper_name):
+    """Round trip, and the layer object is reached through the wrapper only."""
+    loaded = assert_roundtrip(rewritten, data, tmp_path)
+    for m in (rewritten, loaded):
+        names = [layer.name for layer in m.layers]
+        assert layer_name not in names, names
+        assert m.get_layer(wrapper_name).layer.name == layer_name
+    return loaded
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("call", [0, 1])
+@pytest.mark.parametrize("how", ["expose", "expose_keep", "probe_pair", "probe_pair_copy"])
+def test_pre_at_one_call_of_a_shared_dense_saves_and_loads(how, call, tmp_path):
+    model = shared_dense()
+    before = snapshot(model)
+    point = f"shared@{call}:pre"
+    h1 = predict(ks.expose(model, ["shared@0"]), X)["shared@0"]
+    want = _dense_pre(model, X if call == 0 else h1)
+    if how.startswith("expose"):
+        probe = ks.expose(model, [point, "add"], keep_outputs=how == "expose_keep")
+    else:
+        training, probe = ks.probe_pair(model, [point, "add"], copy=how == "probe_pair_copy")
+        assert_same_outputs(model, training, X)
+        assert_roundtrip(training, X, tmp_path, name="training")
+    assert_unchanged(model, before)
+    loaded = _check_saved(model, probe, X, tmp_path, "shared", "shared_pre")
+    for m in (probe, loaded):
+        got = predict(m, X)
+        np.testing.assert_allclose(got[point], want, atol=1e-5)
+        np.testing.assert_allclose(got["add"], predict(model, X), atol=1e-5)
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("call", [0, 1])
+def test_tap_at_one_call_of_a_shared_dense_saves_and_loads(call, tmp_path):
+    model = shared_dense()
+    before = snapshot(model)
+    h1 = predict(ks.expose(model, ["shared@0"]), X)["shared@0"]
+    want = _dense_pre(model, X if call == 0 else h1)
+    tapped = ks.insert_taps(model, [f"shared@{call}:pre"])
+    assert_unchanged(model, before)
+    assert_same_outputs(model, tapped, X)
+    loaded = _check_saved(model, tapped, X, tmp_path, "shared", "shared_pre")
+    (tap,) = [a for a in ks.points(loaded) if a.endswith("_tap")]
+    np.testing.assert_allclose(predict(ks.expose(loaded, [tap]), X)[tap], want, atol=1e-5)
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("call", [0, 1])
+@pytest.mark.parametrize("how", ["expose", "expose_keep", "probe_pair", "probe_pair_copy"])
+def test_scores_at_one_call_of_a_shared_mha_saves_and_loads(how, call, tmp_path):
+    model = shared_mha()
+    before = snapshot(model)
+    point = f"mha@{call}:scores"
+    h1 = predict(ks.expose(model, ["mha@0"]), SEQ)["mha@0"]
+    want = _mha_scores(model, SEQ if call == 0 else h1, SEQ)
+    if how.startswith("expose"):
+        probe = ks.expose(model, [point, "add"], keep_outputs=how == "expose_keep")
+    else:
+        training, probe = ks.probe_pair(model, [point, "add"], copy=how == "probe_pair_copy")
+        assert_same_outputs(model, training, SEQ)
+        assert_roundtrip(training, SEQ, tmp_path, name="training")
+    assert_unchanged(model, before)
+    loaded = _check_saved(model, probe, SEQ, tmp_path, "mha", "mha_scores")
+    for m in (probe, loaded):
+        got = predict(m, SEQ)
+        np.testing.assert_allclose(got[point], want, atol=1e-5)
+        np.testing.assert_allclose(got["add"], predict(model, SEQ), atol=1e-5)
+
+
+@pytest.mark.backend
+def test_insert_taps_at_one_call_of_a_shared_layer_inside_a_nested_model(tmp_path):
+    """The siamese pattern: a nested encoder called twice, a tap at one call of its Dense."""
+    inner_in = keras.Input((6,), name="inner_in")
+    encoder = keras.Model(inner_in, layers.Dense(4, activation="tanh", name="proj")(inner_in), name="encoder")
+    a, b = keras.Input((6,), name="left"), keras.Input((6,), name="right")
+    model = keras.Model([a, b], layers.Subtract(name="diff")([encoder(a), encoder(b)]), name="siamese2")
+    data = [X, X[::-1].copy()]
+    before = snapshot(model)
+    tapped = ks.insert_taps(model, ["encoder/proj@1:pre"])
+    assert_unchanged(model, before)
+    assert_same_outputs(model, tapped, data)
+    loaded = assert_roundtrip(tapped, data, tmp_path)
+    (tap,) = [a for a in ks.points(loaded) if a.endswith("_tap")]
+    proj = model.get_layer("encoder").get_layer("proj")
+    want = data[1] @ keras.ops.convert_to_numpy(proj.kernel) + keras.ops.convert_to_numpy(proj.bias)
+    np.testing.assert_allclose(predict(ks.expose(loaded, [tap]), data)[tap], want, atol=1e-5)
