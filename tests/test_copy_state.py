@@ -141,7 +141,7 @@ def _copies(model):
     return split, training, checking
 
 
-@pytest.mark.parametrize("name", _params())
+@pytest.mark.parametrize("name", list(_params()))
 def test_copy_of_preprocessing_layer_computes_what_the_original_does(name, tmp_path):
     factory, data, _ = PREPROCESSING[name]
     model = factory()

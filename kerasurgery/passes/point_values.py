@@ -96,7 +96,7 @@ class PointValues:
             act = keras.layers.Activation(
                 op.activation,
                 name=self.names.make(f"{op.name}_activation"),
-                dtype=op.dtype_policy,
+                dtype=kinds.float_policy(op),
                 activity_regularizer=getattr(op, "activity_regularizer", None),
             )
             self.ops[id(op)] = (wrapper, act)
