@@ -14,7 +14,11 @@ any other iterable          each item is a batch (generators, DataLoaders)
 ==========================  ==================================================
 
 The last batch may be smaller. Batched sources ignore `batch_size`, as
-``model.predict`` does. Errors are `DataError` and name the input.
+``model.predict`` does. A model built with a fixed batch size
+(``keras.Input(..., batch_size=n)``) reads data held in memory in batches of
+``n`` whatever `batch_size` says (the compiled step pads a short last batch,
+see `kerasurgery.runtime.backend.Step`). Errors are `DataError` and name the
+input.
 
 Example:
     >>> import keras, numpy as np
@@ -68,6 +72,13 @@ def input_specs(model: keras.Model) -> list[InputSpec]:
     else:
         items = [(t.name, t) for t in keras.tree.flatten(struct)]
     return [InputSpec(name, tuple(t.shape), keras.backend.standardize_dtype(t.dtype)) for name, t in items]
+
+
+def fixed_batch_size(specs: list[InputSpec]) -> int | None:
+    """The batch size the model was built with (``keras.Input(..., batch_size=n)``), or None."""
+    sizes = {s.shape[0] if s.shape else None for s in specs}
+    size = sizes.pop() if len(sizes) == 1 else None
+    return int(size) if size is not None else None
 
 
 def pack(model: keras.Model, arrays: list[np.ndarray]) -> Any:
@@ -359,7 +370,8 @@ def adapt(
     Args:
         data: see the module docstring for what is accepted.
         model: the model (or probe) whose inputs the data feeds.
-        batch_size: rows per batch for data held in memory.
+        batch_size: rows per batch for data held in memory (the model's own
+            batch size if it was built with a fixed one).
         steps: read at most this many batches.
 
     Returns:
@@ -372,6 +384,7 @@ def adapt(
     batch_size = check_batch_size(batch_size)
     steps = optional_positive_int(steps, "steps", meaning="every batch")
     specs = input_specs(model)
+    batch_size = fixed_batch_size(specs) or batch_size
     dict_inputs = isinstance(input_structure(model), dict)
     common = {"specs": specs, "model_name": model.name, "dict_inputs": dict_inputs, "steps": steps}
     if data is None:
