@@ -219,3 +219,35 @@ def test_insert_taps_at_one_call_of_a_shared_layer_inside_a_nested_model(tmp_pat
     proj = model.get_layer("encoder").get_layer("proj")
     want = data[1] @ keras.ops.convert_to_numpy(proj.kernel) + keras.ops.convert_to_numpy(proj.bias)
     np.testing.assert_allclose(predict(ks.expose(loaded, [tap]), data)[tap], want, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# masks pass through a split call site
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("how", ["split", "taps", "expose"])
+def test_masked_sequence_through_a_split_dense(how, tmp_path):
+    """Embedding(mask_zero) -> Dense(relu) -> LSTM: the mask reaches the LSTM, no mask warning."""
+    import warnings
+
+    x = keras.Input((6,), dtype="int32", name="tokens")
+    h = layers.Embedding(10, 4, mask_zero=True, name="emb")(x)
+    h = layers.Dense(5, activation="relu", bias_initializer="ones", name="d")(h)
+    model = keras.Model(x, layers.LSTM(3, name="lstm")(h), name="masked_dense")
+    data = np.array([[1, 2, 3, 0, 0, 0], [4, 5, 0, 0, 0, 0], [6, 7, 8, 9, 1, 2]], "int32")
+    # an independent reference: each sequence cut at its padding, run without a mask
+    emb, dense, lstm = (model.get_layer(n) for n in ("emb", "d", "lstm"))
+    cut = [keras.ops.convert_to_numpy(lstm(dense(emb(row[None, : int((row > 0).sum())])))) for row in data]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rewritten = {
+            "split": lambda: ks.split_activations(model),
+            "taps": lambda: ks.insert_taps(model, ["d:pre"]),
+            "expose": lambda: ks.expose(model, ["d:pre", "lstm"]),
+        }[how]()
+        out = predict(rewritten, data)
+    assert not [w for w in caught if "mask" in str(w.message)], [str(w.message) for w in caught]
+    out = out["lstm"] if isinstance(out, dict) else out
+    np.testing.assert_allclose(out, np.concatenate(cut), atol=1e-5)
+    assert_roundtrip(rewritten, data, tmp_path)

@@ -53,6 +53,13 @@ class PreActivation(LayerWrapper):
             mode is None or mode in kinds.SEPARABLE_QUANTIZATION_MODES
         )
 
+    def __init__(self, layer: keras.layers.Layer, **kwargs):
+        super().__init__(layer, **kwargs)
+        self.supports_masking = bool(getattr(layer, "supports_masking", False))
+
+    def compute_mask(self, inputs, mask=None):
+        return self.layer.compute_mask(inputs, mask)
+
     def build(self, input_shape):
         if not self.layer.built:
             self.layer.build(input_shape)
