@@ -251,3 +251,39 @@ def test_masked_sequence_through_a_split_dense(how, tmp_path):
     out = out["lstm"] if isinstance(out, dict) else out
     np.testing.assert_allclose(out, np.concatenate(cut), atol=1e-5)
     assert_roundtrip(rewritten, data, tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# mixed precision: rewrites keep every dtype
+
+
+def mixed_precision():
+    x = keras.Input((6,), name="x")
+    a = layers.Dense(8, activation="relu", dtype="mixed_float16", name="a")(x)
+    b = layers.Dense(8, activation="tanh", dtype="mixed_float16", name="b")(x)
+    s = keras.ops.multiply(a, b)  # a raw op: it does not cast its inputs
+    y = layers.Dense(3, activation="sigmoid", dtype="mixed_bfloat16", name="out")(s)
+    return keras.Model(x, [s, y], name="mixed_precision")
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("how", ["split", "taps", "taps_pre", "probe_pair_copy"])
+def test_mixed_precision_dtypes_and_values_are_kept(how, tmp_path):
+    model = mixed_precision()
+    before = snapshot(model)
+    rewritten = {
+        "split": lambda: ks.split_activations(model),
+        "taps": lambda: ks.insert_taps(model, ["a", "b", "out"]),
+        "taps_pre": lambda: ks.insert_taps(model, ["a:pre", "out:pre"]),
+        "probe_pair_copy": lambda: ks.probe_pair(model, ["a:pre"], copy=True)[0],
+    }[how]()
+    assert_unchanged(model, before)
+    want = model(X)
+    got = rewritten(X)
+    for w, g in zip(want, got):
+        assert keras.backend.standardize_dtype(g.dtype) == keras.backend.standardize_dtype(w.dtype)
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(keras.ops.cast(g, "float32")),
+            keras.ops.convert_to_numpy(keras.ops.cast(w, "float32")),
+        )
+    assert_roundtrip(rewritten, X, tmp_path)
