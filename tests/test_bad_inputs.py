@@ -104,6 +104,19 @@ API = [
      "matches none"),
     ("compare-different-outputs", lambda m, p: ks.compare(m, ks.expose(m, ["dense_1", "dense_2"]), X),
      ks.DataError, "same outputs"),
+    ("collect-fixed-batch-too-large", lambda m, p: ks.collect(
+        keras.Model(i := keras.Input((3,), batch_size=4), keras.layers.Dense(2)(i)),
+        iter([np.ones((7, 3), "float32")]), path=p / "acts.h5", progress=False),
+     ks.DataError, "at most 4 samples.*fixed batch size of 4.*Received: a batch of 7"),
+    ("collect-fixed-batch-training-short", lambda m, p: ks.collect(
+        keras.Model(i := keras.Input((3,), batch_size=4), keras.layers.Dense(2)(i)),
+        np.ones((6, 3), "float32"), training=True, path=p / "acts.h5", progress=False),
+     ks.DataError, "exactly 4 samples.*training mode.*Received: a batch of 2"),
+    ("collect-wrong-nesting", lambda m, p: ks.collect(
+        keras.Model([[a := keras.Input((2,), name="a"), b := keras.Input((1,), name="b")],
+                     c := keras.Input((1,), name="c")], keras.layers.Concatenate()([a, b, c])),
+        [[np.ones((2, 2))], [np.ones((2, 1)), np.ones((2, 1))]], progress=False),
+     ks.DataError, r"nested as the model's inputs \[\['a', 'b'\], 'c'\]"),
 ]
 
 

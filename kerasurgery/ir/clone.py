@@ -6,7 +6,12 @@ adapted statistics of a ``Normalization`` layer (finalised after loading) and
 the vocabulary of a ``StringLookup`` (an asset, not a weight). `copy_state`
 therefore copies state the way `.keras` saving does, layer by layer: each
 layer's ``save_own_variables`` into ``load_own_variables`` and, where a layer
-has them, ``save_assets`` into ``load_assets``.
+has them, ``save_assets`` into ``load_assets``. Saving does not carry all
+of it: a LoRA layer saves its kernel with the LoRA update merged in (and
+loading zeroes both LoRA factors, so a copy could no longer train them), and
+random seed states are not saved at all. Where a layer saves fewer values
+than it has variables, every variable of the copy is therefore also given the
+value of the original's variable of the same name, after loading.
 """
 
 from __future__ import annotations
@@ -91,7 +96,10 @@ def copy_state(src: Any, dst: Any) -> None:
     Layer by layer (`src` and the layers inside it), as `.keras` saving does:
     variables through ``save_own_variables``/``load_own_variables`` (which
     also finalises adapted preprocessing layers) and assets (lookup
-    vocabularies) through ``save_assets``/``load_assets``. Values are copied,
+    vocabularies) through ``save_assets``/``load_assets``. Where a layer saved
+    fewer values than it has variables (LoRA factors merged into the kernel,
+    seed states), each of its own variables then takes the value of the
+    original's variable of the same name. Values are copied,
     never shared: on JAX, sharing one buffer would let the copy's jitted
     steps (which donate their state) delete the original's weights.
 
@@ -115,3 +123,26 @@ def copy_state(src: Any, dst: Any) -> None:
             with tempfile.TemporaryDirectory(prefix="kerasurgery-assets-") as folder:
                 s.save_assets(folder)
                 d.load_assets(folder)
+        own = _own_variables(s)
+        if len(store) < len(own):  # saving dropped or merged some of them
+            _assign_by_name(own, _own_variables(d))
+
+
+def _own_variables(layer: Any) -> list:
+    """`layer`'s own variables (seed states included), not its sublayers'."""
+    inner = {id(v) for sub in _tree(layer)[1:] for v in sub.variables}
+    return [v for v in layer.variables if id(v) not in inner]
+
+
+def _by_name(variables: list) -> dict[str, Any]:
+    names = [v.name for v in variables]
+    return {v.name: v for v in variables if names.count(v.name) == 1}
+
+
+def _assign_by_name(src: list, dst: list) -> None:
+    """Each variable of `dst` takes the value of the `src` variable of the same (unique) name and shape."""
+    sources = _by_name(src)
+    for name, variable in _by_name(dst).items():
+        source = sources.get(name)
+        if source is not None and tuple(source.shape) == tuple(variable.shape) and source.dtype == variable.dtype:
+            variable.assign(np.array(keras.ops.convert_to_numpy(source)))

@@ -199,13 +199,13 @@ def _build(graph: nx.DiGraph, name: str | None) -> keras.Model:
 def _functional(inputs: Any, outputs: Any, name: str | None, output_names: Any) -> keras.Model:
     """``keras.Model(inputs, outputs)``, keeping `output_names` where Keras would derive others.
 
-    Keras names list and single outputs after the layers producing them; when
-    a pass put a new layer at an output, `OutputNamedModel` keeps the
-    original names (dict outputs are named by their keys anyway).
+    Keras names outputs after the layers producing them (dict outputs too);
+    when a pass put a new layer at an output, `OutputNamedModel` keeps the
+    original names.
     """
     flat = keras.tree.flatten(outputs)
     wanted = [str(n) for n in output_names or ()]
     derived = [internals.producer(t).name for t in flat]
-    if isinstance(outputs, dict) or len(wanted) != len(flat) or len(set(wanted)) != len(wanted) or wanted == derived:
+    if len(wanted) != len(flat) or len(set(wanted)) != len(wanted) or wanted == derived:
         return keras.Model(inputs, outputs, name=name)
     return OutputNamedModel(inputs, outputs, name=name, output_names=wanted)

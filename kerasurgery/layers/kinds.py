@@ -54,6 +54,10 @@ ATTENTION_LAYERS: tuple[type, ...] = (
 
 _LINEAR = keras.activations.linear
 
+#: Quantization modes (``layer.quantization_mode``) whose quantized call ends,
+#: like ``call``, with ``self.activation`` (Keras 3.15: Dense and EinsumDense).
+SEPARABLE_QUANTIZATION_MODES: tuple[str, ...] = ("int8", "int4", "float8", "gptq", "awq")
+
 
 def activation_name(fn: Any) -> str:
     """A readable name for an activation function (``"relu"``, ``"softmax"``)."""
@@ -80,6 +84,21 @@ def fused_activation(op: Any) -> Any | None:
     if fn is None or fn is _LINEAR or activation_name(fn) == "linear":
         return None
     return fn
+
+
+def float_policy(layer: Any) -> Any:
+    """`layer`'s dtype policy without quantization (for layers that take over part of its work).
+
+    A quantized layer's policy (``"int8_from_float32"``) would make any new
+    layer given it dispatch to a quantized call it does not have; the float
+    policy it was quantized from (``"float32"``, ``"mixed_bfloat16"``) keeps
+    the same compute and variable dtypes.
+    """
+    policy = layer.dtype_policy
+    if getattr(policy, "quantization_mode", None) is None:
+        return policy
+    compute, variable = layer.compute_dtype, layer.variable_dtype
+    return keras.DTypePolicy(variable if compute == variable else f"mixed_{compute}")
 
 
 def is_activation_layer(op: Any) -> bool:

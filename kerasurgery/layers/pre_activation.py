@@ -22,7 +22,10 @@ class PreActivation(LayerWrapper):
     activation), so eager forward passes (every pass on PyTorch) are safe
     while other threads run the original model. Only layers that apply
     ``self.activation`` as the last step of ``call`` are accepted (see
-    `kerasurgery.layers.kinds.SEPARABLE_LAYERS`).
+    `kerasurgery.layers.kinds.SEPARABLE_LAYERS`). A quantized layer
+    (``model.quantize("int8")``, ``"int4"``, ``"float8"``, ...) runs its own
+    quantized call without the activation: the same quantized arithmetic as
+    the layer, stopped before the activation.
 
     Args:
         layer: a built layer with a separable fused activation.
@@ -37,21 +40,36 @@ class PreActivation(LayerWrapper):
         True
     """
 
-    expected = "a layer whose activation is applied last in call() " + (
-        f"({', '.join(c.__name__ for c in kinds.SEPARABLE_LAYERS)})"
+    expected = (
+        "a layer whose activation is applied last in call() "
+        f"({', '.join(c.__name__ for c in kinds.SEPARABLE_LAYERS)}), unquantized or quantized "
+        f"with a mode whose quantized call ends with the activation ({', '.join(kinds.SEPARABLE_QUANTIZATION_MODES)})"
     )
 
     @staticmethod
     def accepts(layer: Any) -> bool:
-        return isinstance(layer, kinds.SEPARABLE_LAYERS)
+        mode = getattr(layer, "quantization_mode", None)
+        return isinstance(layer, kinds.SEPARABLE_LAYERS) and (
+            mode is None or mode in kinds.SEPARABLE_QUANTIZATION_MODES
+        )
+
+    def __init__(self, layer: keras.layers.Layer, **kwargs):
+        super().__init__(layer, **kwargs)
+        self.supports_masking = bool(getattr(layer, "supports_masking", False))
+
+    def compute_mask(self, inputs, mask=None):
+        return self.layer.compute_mask(inputs, mask)
 
     def build(self, input_shape):
         if not self.layer.built:
             self.layer.build(input_shape)
         self.built = True
 
-    def call(self, inputs):
-        return linear_view(self.layer).call(inputs)
+    def call(self, inputs, training=None):
+        view = linear_view(self.layer)
+        if view.quantization_mode is not None:
+            return view.quantized_call(inputs, training=training)
+        return view.call(inputs)
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)

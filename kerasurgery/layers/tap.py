@@ -9,6 +9,10 @@ import keras
 class Tap(keras.layers.Layer):
     """Identity layer that marks a point (a "hook point").
 
+    It returns its input as it is, dtype included: it does not cast floats to
+    its own compute dtype (``autocast=False``), so a tap on a ``float16``
+    tensor of a mixed-precision model passes ``float16`` on.
+
     Example:
         >>> import keras, numpy as np, kerasurgery as ks
         >>> x = keras.Input((3,))
@@ -18,6 +22,7 @@ class Tap(keras.layers.Layer):
     """
 
     def __init__(self, **kwargs):
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.supports_masking = True
 

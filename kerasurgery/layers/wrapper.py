@@ -7,6 +7,7 @@ from typing import Any
 import keras
 
 from kerasurgery.errors import TransformError
+from kerasurgery.layers import kinds
 
 
 class LayerWrapper(keras.layers.Layer):
@@ -24,8 +25,8 @@ class LayerWrapper(keras.layers.Layer):
     def __init__(self, layer: keras.layers.Layer, **kwargs):
         if not self.accepts(layer):
             raise TransformError(f"Expected {self.expected}. Received: {layer!r}.")
-        if getattr(layer, "dtype_policy", None) is not None:
-            kwargs.setdefault("dtype", layer.dtype_policy)
+        if getattr(layer, "dtype_policy", None) is not None:  # raw operations have none
+            kwargs.setdefault("dtype", kinds.float_policy(layer))
         super().__init__(**kwargs)
         self.layer = layer
 

@@ -18,9 +18,10 @@ from kerasurgery.passes.point_values import PointValues, output_names, tensor_of
 def expose_pass(graph: nx.DiGraph, points: Selector, *, keep_outputs: bool = False) -> nx.DiGraph:
     """Graph pass of `expose`: outputs become ``{address: Ref}`` for `points`.
 
-    Changes: ``:pre`` of fused layers splits that call site into a
-    `PreActivation` (sharing the layer) and an `Activation`; ``:scores`` sets
-    ``return_attention_scores=True`` on that call; outputs are replaced.
+    Changes: ``:pre`` of fused layers splits that call site (and every other
+    call of the same layer) into a `PreActivation` (sharing the layer) and an
+    `Activation`; ``:scores`` routes every call of that attention layer
+    through `AttentionScores`; outputs are replaced.
     """
     selected = Resolver(graph).select(points, what="points")
     g = copy_graph(graph)

@@ -27,10 +27,18 @@ from kerasurgery.layers import AttentionScores, PreActivation, kinds
 class PointValues:
     """Splits fused-activation call sites into PreActivation -> Activation.
 
+    Splitting one call site of a layer splits every call site of that layer
+    object (and ``:scores`` wraps every call of an attention layer), so the
+    layer sits inside the wrapper only: a model that called it both directly
+    and through a wrapper would not load back from `.keras`.
+
     The PreActivation wrapper holds the original layer (shared variables); the
     call site's key then names the Activation node, so downstream edges and
-    addresses stay valid. One wrapper and one Activation layer per layer
-    object, reused across that layer's call sites.
+    addresses stay valid. The Activation also applies the layer's
+    ``activity_regularizer`` (the wrapper calls the layer without it), so the
+    regularization loss is still computed on the activation's output. One
+    wrapper and one Activation layer per layer object, reused across that
+    layer's call sites.
     """
 
     def __init__(self, graph: nx.DiGraph, names: Names):
@@ -40,16 +48,36 @@ class PointValues:
         self.ops: dict[int, tuple[Any, Any]] = {}
 
     def pre_ref(self, key: str) -> Ref:
+        """The value before the activation of call site `key` (splitting every call of its layer)."""
         if key not in self.done:
-            self.done[key] = self._split(key)
+            for site in self._sites(self.graph.nodes[key]["op"]):
+                self.done[site] = self._split(site)
         return Ref(self.done[key], 0)
 
     def enable_scores(self, key: str) -> None:
-        """Make call site `key` return (output, scores) through `AttentionScores`."""
-        data = self.graph.nodes[key]
-        op = data["op"]
+        """Make call site `key`, and every other call of its layer, go through `AttentionScores`.
+
+        Each call then returns ``(output, scores)``; output 0 is unchanged.
+        """
+        op = self.graph.nodes[key]["op"]
         if isinstance(op, AttentionScores):
             return
+        for site in self._sites(op):
+            self._wrap_scores(site)
+
+    def _sites(self, op: Any) -> list[str]:
+        """Every call site of the layer object `op`.
+
+        A layer object must sit in one place of a model: if one call went
+        through a wrapper and another called the layer directly, `.keras`
+        saving would visit the layer once (under either name) and loading
+        could not find its variables under the other.
+        """
+        return [k for k, d in self.graph.nodes(data=True) if d.get("op") is op]
+
+    def _wrap_scores(self, key: str) -> None:
+        data = self.graph.nodes[key]
+        op = data["op"]
         if id(op) not in self.ops:
             self.ops[id(op)] = (AttentionScores(op, name=self.names.make(f"{op.name}_scores")), None)
         kwargs = {k: v for k, v in data.get("kwargs", {}).items() if k != "return_attention_scores"}
@@ -66,7 +94,10 @@ class PointValues:
         if id(op) not in self.ops:
             wrapper = PreActivation(op, name=self.names.make(f"{op.name}_pre"))
             act = keras.layers.Activation(
-                op.activation, name=self.names.make(f"{op.name}_activation"), dtype=op.dtype_policy
+                op.activation,
+                name=self.names.make(f"{op.name}_activation"),
+                dtype=kinds.float_policy(op),
+                activity_regularizer=getattr(op, "activity_regularizer", None),
             )
             self.ops[id(op)] = (wrapper, act)
         wrapper, act = self.ops[id(op)]

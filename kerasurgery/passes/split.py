@@ -77,7 +77,21 @@ def _split_targets(graph: nx.DiGraph, layers: Selector | None) -> list[str]:
         )
     # Splitting changes the layer object, so every call site of it goes along.
     ops = {id(graph.nodes[k]["op"]) for k in keys}
-    return [k for k in fused if id(graph.nodes[k]["op"]) in ops]
+    targets = [k for k in fused if id(graph.nodes[k]["op"]) in ops]
+    _check_quantization(graph, targets)
+    return targets
+
+
+def _check_quantization(graph: nx.DiGraph, keys: list[str]) -> None:
+    """Refuse layers quantized with a mode whose quantized call may not end with the activation."""
+    for key in keys:
+        mode = getattr(graph.nodes[key]["op"], "quantization_mode", None)
+        if mode is not None and mode not in kinds.SEPARABLE_QUANTIZATION_MODES:
+            raise TransformError(
+                f"Expected layers unquantized or quantized with a mode whose quantized call ends with "
+                f"the activation ({', '.join(kinds.SEPARABLE_QUANTIZATION_MODES)}). Received: {key!r}, "
+                f"quantized with mode {mode!r}. Leave it out of `layers`."
+            )
 
 
 def _activation_for(op: Any, names: Names) -> keras.layers.Layer:
@@ -85,7 +99,7 @@ def _activation_for(op: Any, names: Names) -> keras.layers.Layer:
     return keras.layers.Activation(
         op.activation,
         name=names.make(f"{op.name}_activation"),
-        dtype=op.dtype_policy,
+        dtype=kinds.float_policy(op),
         activity_regularizer=getattr(op, "activity_regularizer", None),
     )
 

@@ -91,7 +91,9 @@ def insert_taps(model: keras.Model, points: Selector) -> keras.Model:
     point of the new model. Outputs, output names and weights are unchanged.
     A tap at ``:pre`` of a layer with a fused activation splits that call:
     the new model calls ``<name>_pre`` (a `PreActivation` sharing the layer),
-    the tap, then ``<name>_activation``.
+    the tap, then ``<name>_activation``. The other calls of a shared layer go
+    through ``<name>_pre`` and ``<name>_activation`` too (without a tap), so
+    the layer sits in one place and the model saves and loads.
 
     Args:
         model: a Functional or Sequential model.

@@ -6,7 +6,8 @@ checked against the inputs' shapes and cast to their dtypes. Accepted:
 
 ==========================  ==================================================
 numpy array (or tensor)     one input; sliced into `batch_size` rows
-list / tuple / dict         one array per input (dict keys: input names)
+list / tuple / dict         one array per input (dict keys: input names), or
+                            the model's own nesting (``[[a, b], c]``)
 ``(x, y)``, ``(x, y, w)``   ``y`` and ``w`` ignored, in memory or per batch
 `tf.data.Dataset`           yields batches (call ``.batch(n)`` first)
 `keras.utils.PyDataset`     ``dataset[i]`` is batch ``i``
@@ -14,7 +15,11 @@ any other iterable          each item is a batch (generators, DataLoaders)
 ==========================  ==================================================
 
 The last batch may be smaller. Batched sources ignore `batch_size`, as
-``model.predict`` does. Errors are `DataError` and name the input.
+``model.predict`` does. A model built with a fixed batch size
+(``keras.Input(..., batch_size=n)``) reads data held in memory in batches of
+``n`` whatever `batch_size` says (the compiled step pads a short last batch,
+see `kerasurgery.runtime.backend.Step`). Errors are `DataError` and name the
+input.
 
 Example:
     >>> import keras, numpy as np
@@ -28,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -39,18 +43,18 @@ import numpy as np
 from kerasurgery import keras_internals as internals
 from kerasurgery.checks import optional_positive_int, positive_int
 from kerasurgery.errors import DataError
+from kerasurgery.runtime.matching import (
+    InputSpec,
+    as_input,
+    check_input,
+    count_rows,
+    describe,
+    nested,
+    structure_error,
+    unpack,
+)
 
-
-@dataclasses.dataclass(frozen=True)
-class InputSpec:
-    """One model input: its name, batch-first shape (None = any) and dtype."""
-
-    name: str
-    shape: tuple
-    dtype: str
-
-    def describe(self) -> str:
-        return f"input '{self.name}' (shape {self.shape}, dtype {self.dtype})"
+__all__ = ["InputSpec", "Source", "adapt", "check_batch_size", "empty_error", "input_specs", "pack"]
 
 
 def input_structure(model: keras.Model) -> Any:
@@ -63,17 +67,24 @@ def input_structure(model: keras.Model) -> Any:
 def input_specs(model: keras.Model) -> list[InputSpec]:
     """`InputSpec` of every input of `model`, flattened in call order."""
     struct = input_structure(model)
-    if isinstance(struct, dict):
+    if isinstance(struct, dict) and not nested(struct):
         items = list(struct.items())
     else:
         items = [(t.name, t) for t in keras.tree.flatten(struct)]
     return [InputSpec(name, tuple(t.shape), keras.backend.standardize_dtype(t.dtype)) for name, t in items]
 
 
+def fixed_batch_size(specs: list[InputSpec]) -> int | None:
+    """The batch size the model was built with (``keras.Input(..., batch_size=n)``), or None."""
+    sizes = {s.shape[0] if s.shape else None for s in specs}
+    size = sizes.pop() if len(sizes) == 1 else None
+    return int(size) if size is not None else None
+
+
 def pack(model: keras.Model, arrays: list[np.ndarray]) -> Any:
     """Flat input arrays (in `input_specs` order) in the model's input structure."""
     struct = input_structure(model)
-    if isinstance(struct, dict):
+    if isinstance(struct, dict) and not nested(struct):
         return dict(zip(struct, arrays))
     if isinstance(struct, (list, tuple)):
         return keras.tree.pack_sequence_as(struct, arrays)
@@ -83,142 +94,6 @@ def pack(model: keras.Model, arrays: list[np.ndarray]) -> Any:
 def check_batch_size(batch_size: Any) -> int:
     """`batch_size` as an int, or a `DataError`."""
     return positive_int(batch_size, "batch_size", hint=" Pass e.g. batch_size=32.")
-
-
-# ---------------------------------------------------------------------------
-# matching one element (a whole dataset in memory, or one batch) to the inputs
-
-
-def _is_array(obj: Any) -> bool:
-    return isinstance(obj, np.ndarray) or (
-        hasattr(obj, "shape") and hasattr(obj, "dtype") and not isinstance(obj, (list, tuple, dict))
-    )
-
-
-def _match(element: Any, specs: list[InputSpec], dict_inputs: bool) -> list | None:
-    """The flat list of arrays if `element` has the inputs' structure, else None."""
-    names = [s.name for s in specs]
-    if isinstance(element, dict):
-        if all(n in element for n in names) and all(_is_array(element[n]) for n in names):
-            return [element[n] for n in names]
-        return None
-    if len(specs) == 1 and not dict_inputs:
-        if _is_array(element):
-            return [element]
-        if isinstance(element, (list, tuple)) and len(element) == 1 and _is_array(element[0]):
-            return [element[0]]
-        return None
-    if isinstance(element, (list, tuple)) and len(element) == len(specs) and all(map(_is_array, element)):
-        return list(element)
-    if len(specs) == 1 and _is_array(element):
-        return [element]
-    return None
-
-
-def _unpack(element: Any, specs: list[InputSpec], dict_inputs: bool) -> list | None:
-    """Like `_match`, also accepting ``(x, y)`` and ``(x, y, w)``."""
-    found = _match(element, specs, dict_inputs)
-    if found is None and isinstance(element, tuple) and len(element) in (2, 3):
-        found = _match(element[0], specs, dict_inputs)
-    return found
-
-
-def _describe(obj: Any, depth: int = 0) -> str:
-    if _is_array(obj):
-        return f"array{tuple(obj.shape)} {keras.backend.standardize_dtype(obj.dtype)}"
-    if depth > 1:
-        return type(obj).__name__
-    if isinstance(obj, dict):
-        return "{" + ", ".join(f"{k!r}: {_describe(v, depth + 1)}" for k, v in list(obj.items())[:6]) + "}"
-    if isinstance(obj, (list, tuple)):
-        inner = ", ".join(_describe(v, depth + 1) for v in list(obj)[:6])
-        return f"{type(obj).__name__}[{inner}{', ...' if len(obj) > 6 else ''}]"
-    return type(obj).__name__
-
-
-def _structure_error(element: Any, specs: list[InputSpec], model_name: str, where: str) -> DataError:
-    wanted = ", ".join(s.describe() for s in specs)
-    if len(specs) == 1:
-        form = "an array"
-    else:
-        form = f"a list of {len(specs)} arrays or a dict with keys {[s.name for s in specs]}"
-    return DataError(
-        f"Expected {where} to hold {form} for model '{model_name}', which takes {wanted}; "
-        f"(x, y) and (x, y, sample_weight) are accepted too. Received: {_describe(element)}."
-    )
-
-
-_DTYPE_OK = {
-    "f": "fiub",  # float inputs take floats, ints and bools
-    "c": "fiubc",
-    "i": "iub",
-    "u": "iub",
-    "b": "b",
-}
-
-
-def _dtype(array: Any) -> np.dtype:
-    """The numpy dtype of an array or of a TensorFlow, JAX or PyTorch tensor."""
-    if isinstance(array, np.ndarray):
-        return array.dtype
-    try:
-        return np.dtype(array.dtype)
-    except TypeError:  # tf.DType, torch.dtype: numpy does not read them
-        name = keras.backend.standardize_dtype(array.dtype)
-        return np.dtype(object) if name == "string" else np.dtype(name)
-
-
-def _check_input(array: Any, spec: InputSpec, model_name: str, where: str) -> None:
-    """Raise a DataError naming the input if `array`'s shape or dtype does not fit."""
-    shape = tuple(array.shape)
-    dtype = _dtype(array)
-    if len(shape) != len(spec.shape) or any(
-        d is not None and d != a for d, a in zip(spec.shape[1:], shape[1:])
-    ):
-        hint = ""
-        if len(shape) == len(spec.shape) - 1:
-            hint = (
-                " It lacks the batch axis: batch a tf.data.Dataset with `.batch(n)`, or add an axis "
-                "with `x[None]` for a single sample."
-            )
-        raise DataError(
-            f"Expected {spec.describe()} of model '{model_name}' to get data of shape {spec.shape} "
-            f"(batch first; None is any size). Received: shape {shape} in {where}.{hint}"
-        )
-    wanted = _numpy_dtype(spec)
-    if dtype != wanted and dtype.kind not in _DTYPE_OK.get(wanted.kind, wanted.kind):
-        raise DataError(
-            f"Expected {spec.describe()} of model '{model_name}' to get {spec.dtype} data (or data "
-            f"that casts to it without loss of meaning). Received: {dtype} data in {where}. "
-            f"Convert it first, e.g. `x.astype('{spec.dtype}')`."
-        )
-
-
-def _numpy_dtype(spec: InputSpec) -> np.dtype:
-    return np.dtype(object) if spec.dtype == "string" else np.dtype(spec.dtype)
-
-
-def _numpy(array: Any) -> np.ndarray:
-    """`array` as numpy; a PyTorch tensor is detached (it may require grad) and moved to the CPU."""
-    if not isinstance(array, np.ndarray) and callable(getattr(array, "detach", None)) and hasattr(array, "cpu"):
-        return array.detach().cpu().numpy()
-    return np.asarray(array)
-
-
-def _as_input(array: Any, spec: InputSpec) -> np.ndarray:
-    """One batch of one input as numpy with the input's dtype (no copy if it has it)."""
-    return _numpy(array).astype(_numpy_dtype(spec), copy=False)
-
-
-def _rows(arrays: list[np.ndarray], specs: list[InputSpec], model_name: str, where: str) -> int:
-    rows = {int(a.shape[0]) for a in arrays}
-    if len(rows) > 1:
-        sizes = ", ".join(f"'{s.name}': {a.shape[0]}" for s, a in zip(specs, arrays))
-        raise DataError(
-            f"Expected every input of model '{model_name}' to have the same number of samples. "
-            f"Received: {sizes} in {where}."
-        )
-    return rows.pop()
 
 
 # ---------------------------------------------------------------------------
@@ -238,10 +113,10 @@ class Source:
     num_samples: int | None = None
     reiterable: bool = True
 
-    def __init__(self, specs: list[InputSpec], model_name: str, dict_inputs: bool, steps: int | None):
+    def __init__(self, specs: list[InputSpec], model_name: str, structure: Any, steps: int | None):
         self.specs = specs
         self.model_name = model_name
-        self.dict_inputs = dict_inputs
+        self.structure = structure
         self.steps = steps
 
     def _elements(self) -> Iterator[Any]:  # pragma: no cover - overridden
@@ -252,13 +127,13 @@ class Source:
             if self.steps is not None and i >= self.steps:
                 return
             where = f"batch {i}"
-            arrays = _unpack(element, self.specs, self.dict_inputs)
+            arrays = unpack(element, self.specs, self.structure)
             if arrays is None:
-                raise _structure_error(element, self.specs, self.model_name, where)
+                raise structure_error(element, self.specs, self.model_name, where, self.structure)
             for a, s in zip(arrays, self.specs):
-                _check_input(a, s, self.model_name, where)
-            arrays = [_as_input(a, s) for a, s in zip(arrays, self.specs)]
-            if _rows(arrays, self.specs, self.model_name, where) == 0:
+                check_input(a, s, self.model_name, where)
+            arrays = [as_input(a, s) for a, s in zip(arrays, self.specs)]
+            if count_rows(arrays, self.specs, self.model_name, where) == 0:
                 continue
             yield arrays
 
@@ -271,10 +146,10 @@ class ArraySource(Source):
         super().__init__(**kwargs)
         where = "data"
         for a, s in zip(arrays, self.specs):
-            _check_input(a, s, self.model_name, where)
+            check_input(a, s, self.model_name, where)
         self.arrays = arrays
         self.batch_size = batch_size
-        n = _rows(self.arrays, self.specs, self.model_name, where)
+        n = count_rows(self.arrays, self.specs, self.model_name, where)
         if self.steps is not None:
             n = min(n, self.steps * batch_size)
         self.num_samples = self.size = n
@@ -283,7 +158,7 @@ class ArraySource(Source):
     def __iter__(self) -> Iterator[list[np.ndarray]]:
         for start in range(0, self.size, self.batch_size):
             stop = min(start + self.batch_size, self.size)
-            yield [_as_input(a[start:stop], s) for a, s in zip(self.arrays, self.specs)]
+            yield [as_input(a[start:stop], s) for a, s in zip(self.arrays, self.specs)]
 
 
 class IterableSource(Source):
@@ -359,7 +234,8 @@ def adapt(
     Args:
         data: see the module docstring for what is accepted.
         model: the model (or probe) whose inputs the data feeds.
-        batch_size: rows per batch for data held in memory.
+        batch_size: rows per batch for data held in memory (the model's own
+            batch size if it was built with a fixed one).
         steps: read at most this many batches.
 
     Returns:
@@ -372,11 +248,12 @@ def adapt(
     batch_size = check_batch_size(batch_size)
     steps = optional_positive_int(steps, "steps", meaning="every batch")
     specs = input_specs(model)
-    dict_inputs = isinstance(input_structure(model), dict)
-    common = {"specs": specs, "model_name": model.name, "dict_inputs": dict_inputs, "steps": steps}
+    batch_size = fixed_batch_size(specs) or batch_size
+    structure = input_structure(model)
+    common = {"specs": specs, "model_name": model.name, "structure": structure, "steps": steps}
     if data is None:
         raise DataError(f"Expected data for model '{model.name}'. Received: data=None.")
-    arrays = _unpack(data, specs, dict_inputs)
+    arrays = unpack(data, specs, structure)
     if arrays is not None:
         source: Source = ArraySource(arrays, batch_size, **common)
     elif _is_tf_dataset(data):
@@ -384,13 +261,13 @@ def adapt(
     elif isinstance(data, keras.utils.PyDataset):
         source = PyDatasetSource(data, **common)
     elif isinstance(data, (dict, str, bytes)) or not hasattr(data, "__iter__"):
-        raise _structure_error(data, specs, model.name, "data")
+        raise structure_error(data, specs, model.name, "data", structure)
     else:
         source = IterableSource(data, **common)
     if source.num_samples == 0 or source.num_batches == 0:
         raise DataError(
             f"Expected at least one sample for model '{model.name}'. Received: an empty dataset "
-            f"({_describe(data)})."
+            f"({describe(data)})."
         )
     return source
 
