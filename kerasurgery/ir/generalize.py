@@ -144,8 +144,9 @@ def _open(layer: Any, args: tuple, kwargs: dict, specs: dict, fill: Any, restore
     groups: list[list[tuple[str, int]]] = []
     varied: list[Trace] = []
     for axis, members in by_axis.items():
+        # The batch is one batch for every input; other axes may be independent (cross attention).
         alone = [_try(layer, args, kwargs, _specs(specs, {**base_sizes, m: _size(_ALT, axis)}), fill)
-                 for m in members] if len(members) > 1 else [None]
+                 for m in members] if len(members) > 1 and axis != 0 else [None]
         if len(members) > 1 and all(t is not None for t in alone):  # independent sizes (cross attention)
             groups.extend([m] for m in members)
             varied.extend(alone)

@@ -30,6 +30,7 @@ import dataclasses
 import inspect
 import linecache
 import traceback
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -104,13 +105,15 @@ class _Sublayer:
     does not take ``cache``) is made again without them: the same call.
     """
 
-    def __init__(self, layer: Any):
+    def __init__(self, layer: Any, concrete: bool = False):
         self.__dict__["_layer"] = layer
+        self.__dict__["_concrete"] = concrete
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         layer = self._layer
         outputs = self._call(layer, args, kwargs)
-        _make_concrete(layer, outputs, args, kwargs)
+        if self._concrete:
+            _make_concrete(layer, outputs, args, kwargs)
         return outputs
 
     @staticmethod
@@ -136,6 +139,14 @@ class _Sublayer:
         setattr(self._layer, name, value)
 
 
+_SPECS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> {call signature: output shapes}
+
+
+def _signature(args: tuple, kwargs: dict) -> tuple:
+    leaves = keras.tree.flatten((args, kwargs))
+    return tuple((tuple(v.shape), str(v.dtype)) if isinstance(v, keras.KerasTensor) else repr(v) for v in leaves)
+
+
 def _make_concrete(layer: Any, outputs: Any, args: tuple, kwargs: dict) -> None:
     """Fill in output dimensions a layer's spec left unknown although every input size is known.
 
@@ -143,7 +154,8 @@ def _make_concrete(layer: Any, outputs: Any, args: tuple, kwargs: dict) -> None:
     (``EinsumDense(output_shape=(None, h, d))``); code after them that reads
     ``ops.shape(q)`` would then record ``None`` where the run time has a size.
     While tracing every size is concrete, so the spec found by running the
-    layer's ``call`` on placeholders is exact.
+    layer's ``call`` on placeholders is exact (and cached per layer and input
+    shapes: the traces of nested layers meet the same calls again).
     """
     flat = keras.tree.flatten(outputs)
     inputs = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
@@ -151,36 +163,49 @@ def _make_concrete(layer: Any, outputs: Any, args: tuple, kwargs: dict) -> None:
         return
     if any(None in t.shape for t in inputs):
         return
+    known = _SPECS.setdefault(layer, {}) if _weakrefable(layer) else {}
+    key = _signature(args, kwargs)
+    if key not in known:
+        try:
+            known[key] = [tuple(s.shape) for s in keras.tree.flatten(internals.generic_output_spec(layer, *args, **kwargs))]
+        except Exception:  # noqa: BLE001 - keep what Keras said
+            known[key] = []
+    for t, shape in zip(flat, known[key]):
+        if isinstance(t, keras.KerasTensor) and len(t.shape) == len(shape) and None not in shape:
+            internals.make_shape_concrete(t, shape)
+
+
+def _weakrefable(obj: Any) -> bool:
     try:
-        spec = keras.tree.flatten(internals.generic_output_spec(layer, *args, **kwargs))
-    except Exception:  # noqa: BLE001 - keep what Keras said
-        return
-    for t, s in zip(flat, spec):
-        if isinstance(t, keras.KerasTensor) and len(t.shape) == len(s.shape) and None not in s.shape:
-            internals.make_shape_concrete(t, s.shape)
+        weakref.ref(obj)
+    except TypeError:
+        return False
+    return True
 
 
-def _wrap_sublayers(value: Any) -> Any:
+def _wrap_sublayers(value: Any, concrete: bool) -> Any:
     if isinstance(value, keras.layers.Layer):
-        return _Sublayer(value)
+        return _Sublayer(value, concrete)
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, keras.layers.Layer) for v in value):
-        return type(value)(_Sublayer(v) for v in value) if isinstance(value, tuple) else [_Sublayer(v) for v in value]
+        wrapped = [_Sublayer(v, concrete) for v in value]
+        return tuple(wrapped) if isinstance(value, tuple) else wrapped
     return value
 
 
-def variable_view(layer: Any) -> tuple[Any, list[tuple[Any, Any]]]:
+def variable_view(layer: Any, concrete: bool = False) -> tuple[Any, list[tuple[Any, Any]]]:
     """A view of `layer` whose own variables are symbolic placeholders.
 
     Returns ``(view, [(variable, placeholder), ...])``. The view is a new
     object of the layer's class sharing every other attribute (sublayers
-    are reached through `_Sublayer`, which calls the real layer); `layer`
+    are reached through `_Sublayer`, which calls the real layer; with
+    `concrete`, it also fills in output sizes Keras left unknown); `layer`
     itself is not touched.
     """
     view = object.__new__(type(layer))
     found: dict[int, tuple[Any, Any]] = {}
-    attributes = {k: _wrap_sublayers(_replace_variables(v, found)) for k, v in vars(layer).items()}
+    attributes = {k: _wrap_sublayers(_replace_variables(v, found), concrete) for k, v in vars(layer).items()}
     if isinstance(attributes.get("_modules"), dict):  # torch keeps sublayers (modules) out of __dict__
-        attributes["_modules"] = {k: _wrap_sublayers(_replace_variables(v, found))
+        attributes["_modules"] = {k: _wrap_sublayers(_replace_variables(v, found), concrete)
                                   for k, v in attributes["_modules"].items()}
     attributes["_tracker"] = _NoTracking()
     view.__dict__.update(attributes)
@@ -295,7 +320,7 @@ def _accepted(layer: Any, kwargs: dict) -> dict:
 
 
 def trace_call(layer: Any, args: tuple, kwargs: dict, specs: dict[str, tuple[tuple, str]],
-               fill: Callable[[Any, dict], Any]) -> Trace:
+               fill: Callable[[Any, dict], Any], *, concrete: bool = False) -> Trace:
     """Record one call of ``layer.call`` on symbolic inputs of the given (concrete) shapes.
 
     Args:
@@ -304,6 +329,9 @@ def trace_call(layer: Any, args: tuple, kwargs: dict, specs: dict[str, tuple[tup
             `kerasurgery.ir.schema.Slot`).
         specs: ``{slot: (shape, dtype)}`` of every tensor slot, shapes concrete.
         fill: `kerasurgery.ir.schema.fill`.
+        concrete: fill in the output sizes sublayers' specs leave unknown
+            (costly). Without it, a record that took such an unknown size as a
+            constant (``reshape(q, (b, None, h, d))``) is traced again with it.
 
     Raises:
         TraceError: the call could not be traced.
@@ -311,7 +339,7 @@ def trace_call(layer: Any, args: tuple, kwargs: dict, specs: dict[str, tuple[tup
     if getattr(layer, "dtype_policy", None) is not None and layer.compute_dtype != layer.variable_dtype:
         raise TraceError(layer, f"a mixed-precision dtype policy ({layer.dtype_policy.name})",
                          fix="Open it in a float32 copy of the model, or leave it closed.")
-    view, variables = variable_view(layer)
+    view, variables = variable_view(layer, concrete)
     slots = list(specs)
     inputs = {s: keras.Input(batch_shape=specs[s][0], dtype=specs[s][1], name=f"trace_{i}")
               for i, s in enumerate(slots)}
@@ -343,7 +371,27 @@ def trace_call(layer: Any, args: tuple, kwargs: dict, specs: dict[str, tuple[tup
     if len(variables) != len(placeholders):
         function = internals.function(list(inputs.values()) + [p for _, p in variables], outputs)
     nodes = [n for n in internals.nodes_in_order(function) if not n.is_input]
+    if not concrete and any(_holds_unknown_size(n) for n in nodes):
+        return trace_call(layer, args, kwargs, specs, fill, concrete=True)
     return Trace(function, slots, variables, nodes)
+
+
+def _holds_unknown_size(node: Any) -> bool:
+    """Whether a recorded raw operation took ``None`` as a size (a shape Keras left unknown)."""
+    op = node.operation
+    if isinstance(op, keras.layers.Layer):
+        return False
+    args, kwargs, _ = internals.call_arguments(node)
+    config = op.get_config()
+
+    def sizes_with_none(value: Any) -> bool:
+        if isinstance(value, (list, tuple)):
+            return None in value and any(isinstance(v, int) for v in value) or any(map(sizes_with_none, value))
+        if isinstance(value, dict):
+            return any(map(sizes_with_none, value.values()))
+        return False
+
+    return sizes_with_none([config, args, kwargs])
 
 
 def forget_trace_calls(layer: Any) -> Callable[[], None]:
