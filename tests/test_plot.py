@@ -258,8 +258,12 @@ class TestHistograms:
         assert [ax.get_title() for ax in fig.axes] == ["x"]
 
     def test_bad_input(self):
-        with pytest.raises(DataError, match=r"Received: \['nope'\]"):
+        with pytest.raises(ks.AddressError, match=r"Received: 'nope', which names none"):
             ks.plot.histograms({"a": np.ones(3)}, points=["nope"])
+        # points= is the same selector as everywhere: globs and predicates pick keys, in data order
+        fig = ks.plot.histograms({"a:pre": np.ones(3), "a": np.arange(3.0), "b": np.ones(3)}, points="a*")
+        assert [ax.get_title() for ax in fig.axes if ax.get_title()][:1] == ["a"]
+        plt.close(fig)
         with pytest.raises(DataError, match="finite"):
             ks.plot.histograms({"a": np.array([np.nan])})
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from kerasurgery.address.selector import Selector, select
 from kerasurgery.errors import DataError
 from kerasurgery.plot import panels
 from kerasurgery.plot._figure import grid, subplots
@@ -35,17 +36,13 @@ def _as_points(data: Any, title: str | None) -> tuple[Mapping, str | None]:
     return data, title
 
 
-def _selected(data: Mapping, points: Sequence[str] | None) -> list[str]:
-    names = list(data) if points is None else list(points)
-    missing = [n for n in names if n not in data]
-    if missing:
-        raise DataError(
-            f"Expected `points` among the keys of `data`. Received: {missing}. "
-            f"Available: {list(data)[:10]}."
-        )
-    if not names:
+def _selected(data: Mapping, points: Selector | None) -> list[str]:
+    """The keys of `data` to draw: all, or those the selector picks (addresses, globs, a predicate)."""
+    if not data:
         raise DataError("Expected at least one point to draw. Received: empty `data`.")
-    return names
+    if points is None:
+        return list(data)
+    return select([str(k) for k in data], points, what="points", owner="the data given")
 
 
 def _page_size(max_points: int | None, total: int) -> int:
@@ -120,7 +117,7 @@ def _heading(title: str | None, shown: range, total: int, page: int, pages: int)
 def histograms(
     data: Any,
     *,
-    points: Sequence[str] | None = None,
+    points: Selector | None = None,
     bins: int = 60,
     log: bool = False,
     max_points: int | None = 16,
@@ -150,7 +147,8 @@ def histograms(
 
     Args:
         data: a dict of arrays and/or statistics, or a single array.
-        points: the addresses to draw, in order; default: every key.
+        points: which keys to draw: addresses, globs, a list of them or a
+            predicate (the selector every `points=` takes); default: every key.
         bins: bins for raw arrays; the finer histograms of statistics are
             merged (exactly, by adding neighbouring cells) to about this many.
         log: logarithmic counts (useful after ReLU, where most values are 0).
