@@ -49,7 +49,8 @@ def is_functional(model: Any) -> bool:
 
 def calls_like_functional(model: Any) -> bool:
     """Whether `model`'s ``call`` is Functional's own (not overridden by a subclass)."""
-    return is_functional(model) and type(model).call is functional_class().call
+    functional: Any = functional_class()
+    return is_functional(model) and type(model).call is functional.call
 
 
 def sequential_graph(model: Any) -> Any | None:

@@ -126,6 +126,7 @@ def parse(text: str) -> Address:
     form = "[path/]name[@call][[index]][:port] (names with grammar characters in backticks)"
     segments = _segments(text) if text else [("", "")]
     names: list[str] = []
+    match: re.Match[str] | None = None
     for k, (quoted, rest) in enumerate(segments):
         last = k == len(segments) - 1
         if quoted:
@@ -149,6 +150,8 @@ def parse(text: str) -> Address:
                     "/:@[]*? is written in backticks, e.g. `blk:conv`:pre.",
                     address=text,
                 )
+    if match is None:  # pragma: no cover - the loop above always reads the last segment
+        raise AddressError(f"Expected an address. Received: {text!r}.", address=text)
     return Address(
         name=names[-1],
         path=tuple(names[:-1]),

@@ -238,7 +238,7 @@ def graph_for(model: Any, *selectors: Any, open: Any = None) -> nx.DiGraph:  # n
     """
     if isinstance(model, nx.DiGraph):
         return model
-    paths = []
+    paths: list[str] = []
     for selector in selectors:
         if selector is None or (callable(selector) and not isinstance(selector, str)):
             continue

@@ -149,7 +149,7 @@ def _open(layer: Any, args: tuple, kwargs: dict, specs: dict, fill: Any, restore
                  for m in members] if len(members) > 1 and axis != 0 else [None]
         if len(members) > 1 and all(t is not None for t in alone):  # independent sizes (cross attention)
             groups.extend([m] for m in members)
-            varied.extend(alone)
+            varied.extend(t for t in alone if t is not None)
             continue
         sizes = {**base_sizes, **{m: _size(_ALT, axis) for m in members}}
         trace = _try(layer, args, kwargs, _specs(specs, sizes), fill)

@@ -59,8 +59,9 @@ class Opener:
         self.everything = open is True
         self.predicate = open if callable(open) and not isinstance(open, str) else None
         self.patterns: list[tuple[list[str], bool]] = []  # (names, the item names this very layer)
-        if open not in (None, False, True) and self.predicate is None:
-            for item in items(open, "open"):
+        chosen = items(open, "open") if open not in (None, False, True) and self.predicate is None else []
+        if not callable(chosen):  # a list (predicates were taken above)
+            for item in chosen:
                 names = path_names(item)
                 for depth in range(1, len(names) + 1):
                     self.patterns.append((names[:depth], not is_glob(item)))

@@ -225,7 +225,7 @@ def _call_line(layer: Any, error: BaseException) -> str | None:
     frame = mine[-1] if mine else (frames[-1] if frames else None)
     if frame is None:
         return None
-    code = (linecache.getline(frame.filename, frame.lineno) or "").strip()
+    code = (linecache.getline(frame.filename, frame.lineno or 0) or "").strip()
     return f"{frame.filename}:{frame.lineno} ({code})" if code else f"{frame.filename}:{frame.lineno}"
 
 

@@ -131,7 +131,7 @@ class Step:
     def _compile(self, trim: int | None, dims: tuple | None) -> Callable:
         backend = name()
         if backend == "tensorflow":
-            return self._compile_tf(trim, dims)
+            return self._compile_tf(trim, dims or ())  # dims: set for TensorFlow by `_function`
         call = functools.partial(self._call, trim=trim)
         if backend == "jax":
             import jax

@@ -65,7 +65,7 @@ def _flatten_like(element: Any, struct: Any) -> list | None:
         return [element] if _is_array(element) else None
     if any(p is None for p in parts):
         return None
-    return [a for p in parts for a in p]
+    return [a for p in parts if p is not None for a in p]
 
 
 def match(element: Any, specs: list[InputSpec], structure: Any) -> list | None:
