@@ -69,6 +69,19 @@ class TestSchema:
         assert sorted(graph.edges["embed", "mha"]["feeds"]) == [(0, "key"), (0, "query"), (0, "value")]
         assert graph.edges["mask", "mha"]["feeds"] == [(0, "attention_mask")]
 
+    def test_attention_arguments_keep_their_roles(self):
+        """Query, value and key come from three different tensors: each slot is fed by its own."""
+        from zoo import cross_attention
+
+        graph = ks.to_graph(cross_attention())
+        feeds = {(p, i, s) for p, _, e in graph.in_edges("cross", data=True) for i, s in e["feeds"]}
+        assert feeds == {("q_proj", 0, "query"), ("memory", 0, "value"), ("k_proj", 0, "key"),
+                         ("cross_mask", 0, "attention_mask")}
+        feeds = {(p, s) for p, _, e in graph.in_edges("cross_pos", data=True) for _, s in e["feeds"]}
+        assert feeds == {("cross", "0"), ("memory", "1")} and graph.nodes["cross_pos"]["args"] == (Slot("0"), Slot("1"))
+        feeds = {(p, s) for p, _, e in graph.in_edges("cross_gqa", data=True) for _, s in e["feeds"]}
+        assert feeds == {("cross_pos", "0"), ("v_proj", "1"), ("k_proj", "2")}
+
     def test_raw_ops_are_nodes(self):
         from zoo import raw_ops
 

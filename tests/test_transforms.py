@@ -131,6 +131,33 @@ class TestExpose:
         _, ref = mha(out["embed"], out["embed"], attention_mask=data[1], return_attention_scores=True)
         np.testing.assert_allclose(out["mha:scores"], keras.ops.convert_to_numpy(ref), atol=1e-5)
 
+    def test_cross_attention_scores_and_outputs(self):
+        """Query, key and value from different tensors: each :scores equals a direct call of
+        the layer on inputs computed here by hand (no graph, no interpreter)."""
+        from zoo import cross_attention
+
+        model = cross_attention()
+        data = sample_inputs(model)
+        queries, memory, mask = data
+        points = ["cross", "cross:scores", "cross_pos", "cross_pos:scores", "cross_gqa:scores"]
+        out = ks.expose(model, points).predict(data, verbose=0)
+
+        def dense(name, x, act=lambda t: t):
+            w, b = model.get_layer(name).get_weights()
+            return act(x @ w + b)
+
+        qh = dense("q_proj", queries, lambda t: np.maximum(t, 0))
+        kh, v = dense("k_proj", memory, np.tanh), dense("v_proj", memory)
+        a, scores = model.get_layer("cross")(qh, memory, key=kh, attention_mask=mask, return_attention_scores=True)
+        b, scores_pos = model.get_layer("cross_pos")(a, memory, return_attention_scores=True)
+        _, scores_gqa = model.get_layer("cross_gqa")(b, v, key=kh, return_attention_scores=True)
+        want = {"cross": a, "cross:scores": scores, "cross_pos": b, "cross_pos:scores": scores_pos,
+                "cross_gqa:scores": scores_gqa}
+        assert out["cross:scores"].shape == (4, 2, 3, 5) and out["cross_pos:scores"].shape == (4, 1, 3, 5)
+        for address in points:
+            np.testing.assert_allclose(out[address], keras.ops.convert_to_numpy(want[address]), atol=1e-5,
+                                       err_msg=address)
+
     def test_only_needed_part_is_computed(self):
         model = cnn_bn()
         probe = ks.expose(model, ["conv"])

@@ -135,6 +135,28 @@ def attention():
     return keras.Model([q, mask], y, name="attention")
 
 
+def cross_attention():
+    """Query, key and value from three different tensors; target and source lengths differ.
+
+    Swapping any two of them changes shapes or values, so a reader that mixed up
+    MHA's arguments cannot pass a round trip.
+    """
+    q = keras.Input((3, 6), name="queries")
+    memory = keras.Input((5, 4), name="memory")
+    mask = keras.Input((3, 5), name="cross_mask", dtype="bool")
+    qh = layers.Dense(6, activation="relu", name="q_proj")(q)
+    kh = layers.Dense(4, activation="tanh", name="k_proj")(memory)
+    att = layers.MultiHeadAttention(num_heads=2, key_dim=3, value_dim=5, name="cross")
+    a = att(query=qh, value=memory, key=kh, attention_mask=mask)
+    b = layers.MultiHeadAttention(num_heads=1, key_dim=2, name="cross_pos")(a, memory)  # positional
+    gqa = layers.GroupQueryAttention(head_dim=3, num_query_heads=2, num_key_value_heads=1, name="cross_gqa")
+    v = layers.Dense(6, name="v_proj")(memory)  # GroupQueryAttention wants value dim == query dim
+    g = gqa(b, v, kh)  # positional query, value, key
+    h = layers.Concatenate(name="cat")([a, b, g])
+    y = layers.Dense(2, activation="softmax", name="predictions")(layers.GlobalAveragePooling1D(name="pool")(h))
+    return keras.Model([q, memory, mask], y, name="cross_attention")
+
+
 def dropout():
     x = keras.Input((6,), name="x")
     h = layers.Dense(6, activation="relu", name="dense")(x)
@@ -210,6 +232,7 @@ ZOO = {
     "multi_io": multi_io,
     "raw_ops": raw_ops,
     "attention": attention,
+    "cross_attention": cross_attention,
     "dropout": dropout,
     "sequential_built": sequential_built,
     "recurrent": recurrent,
