@@ -59,6 +59,74 @@ class TestInMemory:
             for record, expected in zip(recorder.history[address], reference.records):
                 np.testing.assert_allclose(record, expected[address], atol=1e-5)
 
+    @pytest.mark.backend
+    def test_training_mode_records(self):
+        """training=True: dropout and batch statistics are on, the records equal a stateless
+        training-mode pass of Keras's own model over the same batches, and the model's
+        BatchNormalization statistics do not move."""
+        model = ZOO["dropout"]()
+        model.compile(keras.optimizers.SGD(0.01), "mse")
+        x = np.random.default_rng(1).normal(size=(12, 6)).astype("float32")
+        points = ["dense", "drop", "bn", "out"]
+        in_training = ks.ActivationRecorder(points, x[:8], batch_size=4, training=True)
+        inference = ks.ActivationRecorder(points, x[:8], batch_size=4)
+
+        class Reference(keras.callbacks.Callback):
+            """Keras's own multi-output model of the same layers, stateless, batch by batch."""
+
+            records, moving, affine = [], [], []
+
+            def on_epoch_end(self, epoch, logs=None):
+                m = self.model
+                ref = keras.Model(m.input, [m.get_layer(p).output for p in points])
+                trainable = [v.value for v in ref.trainable_variables]
+                state = [v.value for v in ref.non_trainable_variables]
+                rows = []
+                for start in (0, 4):
+                    out, state = ref.stateless_call(trainable, state, x[start : start + 4], training=True)
+                    rows.append([to_numpy(o) for o in out])
+                self.records.append({p: np.concatenate([r[i] for r in rows]) for i, p in enumerate(points)})
+                bn = m.get_layer("bn")
+                self.moving.append([to_numpy(v) for v in (bn.moving_mean, bn.moving_variance)])
+                self.affine.append([to_numpy(v) for v in (bn.gamma, bn.beta)])
+
+        class Moving(keras.callbacks.Callback):
+            """BatchNormalization statistics at epoch end, before the recorders run."""
+
+            seen = []
+
+            def on_epoch_end(self, epoch, logs=None):
+                bn = self.model.get_layer("bn")
+                self.seen.append([to_numpy(v) for v in (bn.moving_mean, bn.moving_variance)])
+
+        reference = Reference()
+        model.fit(x, np.zeros((12, 2)), epochs=2, batch_size=12, verbose=0,
+                  callbacks=[Moving(), in_training, inference, reference])
+        for before, after in zip(Moving.seen, reference.moving):  # the recorders moved nothing
+            np.testing.assert_array_equal(before[0], after[0])
+            np.testing.assert_array_equal(before[1], after[1])
+        bn = model.get_layer("bn")
+        for epoch in range(2):
+            gamma, beta = reference.affine[epoch]
+            got = {p: in_training.history[p][epoch] for p in points}
+            off = {p: inference.history[p][epoch] for p in points}
+            for p in points:
+                np.testing.assert_allclose(got[p], reference.records[epoch][p], atol=1e-5, err_msg=p)
+            np.testing.assert_allclose(got["dense"], off["dense"], atol=1e-6)  # no randomness before dropout
+            np.testing.assert_allclose(off["drop"], off["dense"], atol=1e-6)  # inference: identity
+            kept = got["drop"] != 0
+            assert (~kept[got["dense"] != 0]).any()  # training: dropped ...
+            np.testing.assert_allclose(got["drop"][kept], 2 * got["dense"][kept], rtol=1e-5)  # ... and scaled
+            for start in (0, 4):  # training: each batch normalized with its own statistics
+                drop = got["drop"][start : start + 4].astype("float64")
+                expected = (drop - drop.mean(0)) / np.sqrt(drop.var(0) + bn.epsilon) * gamma + beta
+                np.testing.assert_allclose(got["bn"][start : start + 4], expected, atol=1e-4)
+            assert not np.allclose(got["bn"], off["bn"], atol=1e-3)
+        before = [to_numpy(v) for v in (bn.moving_mean, bn.moving_variance)]
+        in_training.record(epoch=9)
+        np.testing.assert_array_equal(to_numpy(bn.moving_mean), before[0])
+        np.testing.assert_array_equal(to_numpy(bn.moving_variance), before[1])
+
     def test_records_equal_the_model_at_each_epoch(self):
         model = compiled_cnn()
         x, y = train_data()

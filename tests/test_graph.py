@@ -149,6 +149,63 @@ class TestTrainingSemantics:
             )
 
 
+ABSENT = "absent"  # the call has no `training` argument at all (not even None)
+
+
+def _call(layer, x, training):
+    return layer(x) if training is ABSENT else layer(x, training=training)
+
+
+def _three_levels(outer_training, mid_training, drop_training):
+    """model(x) -> outer(x, training=outer_training) -> mid(h, training=mid_training)
+    -> Dropout(training=drop_training): a dropout two nested models down."""
+    z = keras.Input((64,), name="z")
+    mid = keras.Model(z, _call(keras.layers.Dropout(0.5, name="drop"), z, drop_training), name="mid")
+    h = keras.Input((64,), name="h")
+    outer = keras.Model(h, _call(mid, h, mid_training), name="outer")
+    x = keras.Input((64,), name="x")
+    return keras.Model(x, _call(outer, x, outer_training), name="top")
+
+
+def _dropout_mode(output) -> str:
+    """'train' if the dropout dropped (values 0 or 2 on ones), 'infer' if it passed ones through."""
+    values = keras.ops.convert_to_numpy(output)
+    if np.array_equal(values, np.ones_like(values)):
+        return "infer"
+    assert set(np.unique(values)) <= {0.0, 2.0} and (values == 0).any(), values
+    return "train"
+
+
+@pytest.mark.backend
+class TestNestedTraining:
+    SETTINGS = (ABSENT, None, False, True)
+
+    @pytest.mark.parametrize("outer_training", SETTINGS, ids=str)
+    def test_every_combination_runs_like_keras(self, outer_training):
+        """For each `training` given (or not) to outer, mid and the dropout, and each value at run
+        time, the rebuilt model and a probe of the dropout run it in the mode Keras itself does."""
+        ones = np.ones((4, 64), "float32")
+        seen = set()
+        for mid_training in self.SETTINGS:
+            for drop_training in self.SETTINGS:
+                model = _three_levels(outer_training, mid_training, drop_training)
+                graph = ks.to_graph(model)
+                rebuilt = ks.to_model(graph)
+                probe = ks.expose(model, ["outer/mid/drop"])
+                for run in (ABSENT, False, True):
+                    case = (outer_training, mid_training, drop_training, run)
+                    keras_mode = _dropout_mode(_call(model, ones, run))
+                    assert _dropout_mode(_call(rebuilt, ones, run)) == keras_mode, case
+                    assert _dropout_mode(_call(probe, ones, run)["outer/mid/drop"]) == keras_mode, case
+                    seen.add(keras_mode)
+                # In the graph: the first value given from the outside in (Keras records a dropout
+                # called without `training` with its signature default, False).
+                own = False if drop_training is ABSENT else drop_training
+                given = [t for t in (outer_training, mid_training, own) if t not in (ABSENT, None)]
+                assert graph.nodes["outer/mid/drop"]["kwargs"].get("training") == (given[0] if given else None)
+        assert seen == {"train", "infer"}
+
+
 @pytest.mark.backend
 class TestEdits:
     def test_replace_an_operation(self):

@@ -362,6 +362,35 @@ class TestCompare:
         other.get_layer("dense_1").kernel.assign(other.get_layer("dense_1").kernel * 2.0)
         assert ks.compare(model, other, data)["predictions"]["max_abs"] > 1e-4
 
+    def test_max_abs_and_max_rel_by_hand(self):
+        """Two outputs on different scales, where max|a| != max|b| and the element with the largest
+        difference is not the one with the largest relative difference."""
+        x = keras.Input((2,), name="x")
+        model_a = keras.Model(x, [keras.layers.Dense(2, use_bias=False, name="small")(x),
+                                  keras.layers.Dense(3, use_bias=False, name="large")(x)])
+        model_a.get_layer("small").set_weights([np.array([[1.0, 0.0], [0.0, 0.5]], "float32")])
+        model_a.get_layer("large").set_weights([np.array([[10.0, -40.0, 0.0], [0.0, 0.0, 1.0]], "float32")])
+        model_b = ks.split_activations(model_a)
+        model_b.get_layer("small").set_weights([np.array([[1.5, 0.0], [0.0, 0.5]], "float32")])
+        model_b.get_layer("large").set_weights([np.array([[10.0, -40.0, 0.0], [0.0, 0.0, 3.0]], "float32")])
+        data = np.array([[1.0, 2.0], [-2.0, 1.0], [0.5, 0.0]], "float32")
+        a_small, b_small = data * [1.0, 0.5], data * [1.5, 0.5]
+        a_large = np.stack([10 * data[:, 0], -40 * data[:, 0], data[:, 1]], -1)
+        b_large = np.stack([10 * data[:, 0], -40 * data[:, 0], 3 * data[:, 1]], -1)
+        report = ks.compare(model_a, model_b, data)
+        # small: |a - b| = 0.5 |x0|, largest 1.0 at x0 = -2; max|a| = 2.0 (max|b| = 3.0)
+        assert report["small"] == {"max_abs": 1.0, "max_rel": 0.5, "shape": (3, 2)}
+        # large: |a - b| = 2 |x1|, largest 4.0; max|a| = 80 (from -40 * -2): 4 / 80 = 0.05
+        assert report["large"]["max_abs"] == pytest.approx(4.0) and report["large"]["max_rel"] == pytest.approx(0.05)
+        for name, a, b in (("small", a_small, b_small), ("large", a_large, b_large)):
+            assert report[name]["max_abs"] == pytest.approx(np.abs(a - b).max())
+            assert report[name]["max_rel"] == pytest.approx(np.abs(a - b).max() / np.abs(a).max())
+        # zero reference: 0 when both are zero, infinity otherwise
+        zero = keras.Model(x, keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros", name="z")(x))
+        other = keras.Model(x, keras.layers.Dense(1, use_bias=False, kernel_initializer="ones", name="z")(x))
+        assert ks.compare(zero, zero, data)["z"]["max_rel"] == 0.0
+        assert ks.compare(zero, other, data)["z"]["max_rel"] == float("inf")
+
     def test_dict_outputs(self):
         from zoo import multi_io
 
