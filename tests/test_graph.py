@@ -253,11 +253,16 @@ class TestEdits:
         np.testing.assert_allclose(ks.to_model(graph).predict(data, verbose=0),
                                    0.5 * model.predict(data, verbose=0), atol=1e-6)
 
-    def test_input_graph_untouched_by_to_model(self):
-        graph = ks.to_graph(mlp())
-        before = (list(graph.nodes), list(graph.edges(data=True)), dict(graph.graph))
+    @pytest.mark.parametrize("name", ["mlp", "cross_attention", "nested_functional", "shared"])
+    def test_input_graph_untouched_by_to_model(self, name):
+        def by_value(graph):  # repr, not references: an edit in place of a feeds list shows
+            nodes = {k: (id(d["op"]), repr({a: v for a, v in d.items() if a != "op"})) for k, d in graph.nodes(data=True)}
+            return nodes, repr(list(graph.edges(data=True))), repr(graph.graph)
+
+        graph = ks.to_graph(ZOO[name]())
+        before = by_value(graph)
         ks.to_model(graph)
-        assert before == (list(graph.nodes), list(graph.edges(data=True)), dict(graph.graph))
+        assert by_value(graph) == before
 
 
 @pytest.mark.backend
@@ -296,9 +301,19 @@ class TestCheckGraph:
         with pytest.raises(ks.GraphError, match="calling node 'dense_2' \\(Reshape\\) failed"):
             ks.to_model(graph)
 
-    def test_well_formed(self):
-        for factory in ZOO.values():
-            assert ks.check_graph(ks.to_graph(factory())) is None
+    @pytest.mark.parametrize("name", sorted(ZOO))
+    def test_well_formed_and_each_broken_edge_found(self, name):
+        """Every zoo graph passes; without any one of its edges it fails, naming what is unfed."""
+        graph = ks.to_graph(ZOO[name]())
+        ks.check_graph(graph)  # no error
+        for parent, child, edge in list(graph.edges(data=True)):
+            broken = graph.copy()  # edges removed only: nothing shared is edited
+            broken.remove_edge(parent, child)
+            with pytest.raises(ks.GraphError) as info:
+                ks.check_graph(broken)
+            assert info.value.problems == [
+                f"node {child!r}: argument slot {slot!r} is not fed by any edge" for _, slot in edge["feeds"]
+            ], (parent, child)
 
 
 @pytest.mark.backend
