@@ -32,7 +32,9 @@ def test_expose_every_point(name, tmp_path):
     everything = ks.points(model)
     probe = ks.expose(model, everything)
     got = {k: keras.ops.convert_to_numpy(v) for k, v in probe(data, training=False).items()}
-    assert list(got) == everything  # the probe's outputs in the order asked
+    assert list(probe.output) == everything  # the probe's outputs in the order asked ...
+    if keras.backend.backend() != "torch":  # ... (Keras on torch returns dicts with sorted keys)
+        assert list(got) == everything
     references = reference_points(model, data)  # no resolver, no pass: see tests/reference.py
     assert sorted(everything) == sorted(references)
     graph = ks.to_graph(model)

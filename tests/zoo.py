@@ -198,7 +198,8 @@ def cross_attention():
     mask = keras.Input((3, 5), name="cross_mask", dtype="bool")
     qh = layers.Dense(6, activation="relu", name="q_proj")(q)
     kh = layers.Dense(4, activation="tanh", name="k_proj")(memory)
-    att = layers.MultiHeadAttention(num_heads=2, key_dim=3, value_dim=5, name="cross")
+    # value_dim stays key_dim: Keras 3.15 on JAX fails on MHA with value_dim != key_dim.
+    att = layers.MultiHeadAttention(num_heads=2, key_dim=3, name="cross")
     a = att(query=qh, value=memory, key=kh, attention_mask=mask)
     b = layers.MultiHeadAttention(num_heads=1, key_dim=2, name="cross_pos")(a, memory)  # positional
     gqa = layers.GroupQueryAttention(head_dim=3, num_query_heads=2, num_key_value_heads=1, name="cross_gqa")
