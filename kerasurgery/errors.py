@@ -26,7 +26,10 @@ class GraphError(KerasurgeryError):
     def __init__(self, problems: Sequence[str]):
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"The graph is malformed ({len(self.problems)} problem(s)):\n{lines}")
+        super().__init__(
+            "Expected a well-formed graph (see `kerasurgery.check_graph`). "
+            f"Received: {len(self.problems)} problem(s):\n{lines}"
+        )
 
 
 class AddressError(KerasurgeryError):

@@ -1,4 +1,4 @@
-"""Random functional Keras architectures, and an independent per-point reference.
+"""Random functional Keras architectures (the per-point reference is `tests/reference.py`).
 
 `architectures()` is a hypothesis strategy whose examples are `Program` objects:
 the Python source of a small functional model, one statement per layer, layer
@@ -42,10 +42,8 @@ import dataclasses
 from typing import Any
 
 import keras
-import numpy as np
 from hypothesis import strategies as st
 
-from kerasurgery.layers import kinds
 
 SPATIAL = 4
 MAX_DEPTH = 3  # top level is depth 0: sub-models nest up to depth 2 inside it
@@ -481,63 +479,3 @@ def _groups(pool: list[Tensor], key) -> list[list[Tensor]]:
 def architectures(draw, max_steps: int = 6) -> Program:
     """Random functional architectures as `Program` objects (see the module docstring)."""
     return _Gen(draw).program(max_steps)
-
-
-# ---------------------------------------------------------------------------
-# the reference: an eager interpreter, independent of to_model and expose
-
-
-def _main_input(graph, key: str) -> tuple[str, int]:
-    """(parent, output index) feeding the first positional (or ``inputs``) argument of `key`."""
-    for wanted in ("0", "inputs"):
-        for parent, _, edge in graph.in_edges(key, data=True):
-            for index, slot in edge["feeds"]:
-                if slot == wanted:
-                    return parent, index
-    raise AssertionError(f"{key} has no main input")
-
-
-def _linear_clone(op):
-    """A copy of a fused-activation layer with a linear activation and equal weights."""
-    config = {**op.get_config(), "activation": "linear"}
-    return type(op).from_config(config)
-
-
-def reference_points(graph, data, addresses: list[str]) -> dict[str, np.ndarray]:
-    """The value of every address, computed eagerly from the graph's operations.
-
-    Plain outputs: each operation called eagerly on its parents' values
-    (``zoo.interpret``, in any backend). ``:pre`` of a fused layer: a linear
-    clone of the layer, with its weights, on the layer's input; of an
-    activation layer: its input. ``:scores``: the attention layer called with
-    ``return_attention_scores=True``.
-    """
-    from zoo import interpret
-
-    from kerasurgery.ir.resolve import Resolver
-
-    values, calls = interpret(graph, data)
-
-    resolver = Resolver(graph)
-    clones: dict[int, Any] = {}
-    result = {}
-    for address in addresses:
-        point = resolver.resolve_one(address)
-        op = graph.nodes[point.node]["op"]
-        if point.port is None:
-            value = values[point.node][point.index]
-        elif point.port == "pre":
-            parent, index = _main_input(graph, point.node)
-            value = values[parent][index]
-            if not kinds.is_activation_layer(op):
-                if id(op) not in clones:
-                    clone = _linear_clone(op)
-                    clone(value)
-                    clone.set_weights(op.get_weights())
-                    clones[id(op)] = clone
-                value = clones[id(op)](value)
-        else:
-            args, kwargs = calls[point.node]
-            value = op(*args, **{**kwargs, "return_attention_scores": True})[1]
-        result[address] = keras.ops.convert_to_numpy(value)
-    return result

@@ -7,8 +7,9 @@ from hypothesis import strategies as st
 
 import kerasurgery as ks
 from kerasurgery.address.grammar import Address, format_address, parse, point_address
-from kerasurgery.ir.resolve import Resolver
-from zoo import attention, cnn_bn, mlp, nested_functional, recurrent, shared
+from kerasurgery.ir.resolve import Point, Resolver
+from reference import ACTIVATION_LAYERS, ATTENTION_LAYERS, has_fused_activation
+from zoo import ZOO, attention, cnn_bn, mlp, nested_functional, recurrent, shared
 
 pytestmark = pytest.mark.backend
 
@@ -95,12 +96,55 @@ class TestPoints:
         assert ks.points(ks.to_graph(model)) == ks.points(model)
 
 
+def expected_points(graph) -> dict:
+    """{address: Point} of every point, spelled from node keys: ``key`` (or ``key[i]`` for an
+    operation with several outputs), ``key:pre`` for a fused activation or an activation layer,
+    ``key:scores`` for an attention layer (the classes listed in tests/reference.py)."""
+    expected = {}
+    for key, data in graph.nodes(data=True):
+        n = len(data["output_shapes"])
+        if n == 1:
+            expected[key] = Point(key, 0, None)
+        else:
+            expected.update({f"{key}[{i}]": Point(key, i, None) for i in range(n)})
+        op = data["op"]
+        if has_fused_activation(op) or isinstance(op, ACTIVATION_LAYERS):
+            expected[f"{key}:pre"] = Point(key, 0, "pre")
+        if isinstance(op, ATTENTION_LAYERS):
+            expected[f"{key}:scores"] = Point(key, 0, "scores")
+    return expected
+
+
 class TestResolve:
-    def test_every_point_resolves(self):
-        for factory in (mlp, cnn_bn, shared, nested_functional, recurrent, attention):
-            r = Resolver(ks.to_graph(factory()))
-            for p in r.points():
-                r.resolve_one(p)
+    @pytest.mark.parametrize("name", sorted(ZOO))
+    def test_every_point_resolves(self, name):
+        """Each address resolves to the node, output index and port its spelling names,
+        computed here from the graph's nodes and the layers' classes alone."""
+        graph = ks.to_graph(ZOO[name]())
+        expected = expected_points(graph)
+        r = Resolver(graph)
+        assert sorted(r.points()) == sorted(expected)
+        for address, point in expected.items():
+            assert r.resolve_one(address) == point, address
+        for key, data in graph.nodes(data=True):  # "@0" names a layer called once
+            if data["kind"] != "input" and "@" not in key and key in expected:
+                assert r.resolve_one(f"{key}@0") == expected[key], key
+
+    @pytest.mark.parametrize("name", sorted(ZOO))
+    def test_points_are_in_topological_order(self, name):
+        """Every address of a node comes after every address of its parents; a node lists
+        :pre, then its outputs, then :scores, next to each other."""
+        graph = ks.to_graph(ZOO[name]())
+        every, expected = ks.points(graph), expected_points(graph)
+        position = {}
+        for i, address in enumerate(every):
+            position.setdefault(expected[address].node, []).append(i)
+        for parent, child in graph.edges:
+            assert max(position[parent]) < min(position[child]), (parent, child)
+        for key, indices in position.items():
+            assert indices == list(range(indices[0], indices[0] + len(indices))), key
+            names = [every[i] for i in indices]
+            assert names == sorted(names, key=lambda a: (not a.endswith(":pre"), a.endswith(":scores"))), names
 
     def test_at_zero_accepted_for_single_call(self):
         r = Resolver(ks.to_graph(mlp()))

@@ -15,10 +15,8 @@ import pytest
 
 import kerasurgery as ks
 from kerasurgery.layers import kinds
-from kerasurgery.ir.resolve import Resolver
-from kerasurgery.ir.edits import input_feed
-from kerasurgery.ir.schema import fill
-from zoo import assert_roundtrip, assert_unchanged, eager_values, snapshot
+from reference import reference_points
+from zoo import assert_roundtrip, assert_unchanged, snapshot
 
 A = keras.applications
 NAMES = sorted(n for n in dir(A) if n[:1].isupper() and inspect.isfunction(getattr(A, n)))
@@ -52,25 +50,6 @@ def run(model, data):
     return np.asarray(model(data, training=False))
 
 
-def pre_reference(graph, point, values):
-    """The value before the activation, without kerasurgery's layers.
-
-    An activation layer's input, or a copy of a fused layer with a linear
-    activation (same weights) called on the same arguments.
-    """
-    node = graph.nodes[point.node]
-    op = node["op"]
-    if kinds.is_activation_layer(op):
-        parent, index, _ = input_feed(graph, point.node)
-        return values[parent][index]
-    linear = type(op).from_config({**op.get_config(), "activation": "linear"})
-    slots = {s: values[p][i] for p, _, e in graph.in_edges(point.node, data=True) for i, s in e["feeds"]}
-    args = fill(node["args"], slots)
-    linear.build(np.shape(args[0]))
-    linear.set_weights(op.get_weights())
-    return np.asarray(linear(*args, **fill(node["kwargs"], slots)))
-
-
 def test_every_application_is_covered():
     assert len(NAMES) >= 40
     assert set(FAST) | set(SLOW) == set(NAMES)
@@ -93,8 +72,7 @@ def test_application(name, factory, size, tmp_path, free_memory):
     before = snapshot(model)
     expected = run(model, data)
     graph = ks.to_graph(model)
-    resolver = Resolver(graph)
-    values = eager_values(model, data)
+    references = reference_points(model, data)  # tests/reference.py: no resolver, no pass
 
     rebuilt = ks.to_model(graph)
     np.testing.assert_allclose(run(rebuilt, data), expected, atol=1e-5)
@@ -107,7 +85,7 @@ def test_application(name, factory, size, tmp_path, free_memory):
 
     last = f"{model.layers[-1].name}:pre"
     logits = np.asarray(ks.expose(model, [last])(data, training=False)[last])
-    np.testing.assert_allclose(logits, pre_reference(graph, resolver.resolve_one(last), values), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(logits, references[last], atol=1e-5, rtol=1e-5)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     np.testing.assert_allclose(probs / probs.sum(-1, keepdims=True), expected, atol=1e-5)
 
@@ -115,17 +93,15 @@ def test_application(name, factory, size, tmp_path, free_memory):
     out = ks.expose(model, pre, keep_outputs=True)(data, training=False)
     np.testing.assert_allclose(np.asarray(out[model.output_names[0]]), expected, atol=1e-5)
     for p in pre:
-        want = pre_reference(graph, resolver.resolve_one(p), values)
-        np.testing.assert_allclose(np.asarray(out[p]), want, atol=1e-5, rtol=1e-5, err_msg=p)
+        np.testing.assert_allclose(np.asarray(out[p]), references[p], atol=1e-5, rtol=1e-5, err_msg=p)
 
     everything = ks.points(model)
-    out = ks.expose(model, everything)(data, training=False)
+    assert sorted(everything) == sorted(references)
+    probe = ks.expose(model, everything)
+    assert list(probe.output) == everything
+    out = probe(data, training=False)
     for p in everything:
-        point = resolver.resolve_one(p)
-        if point.port is None:
-            np.testing.assert_allclose(np.asarray(out[p]), values[point.node][point.index], atol=1e-5, rtol=1e-5, err_msg=p)
-        else:  # the same :pre values as the probe above
-            np.testing.assert_allclose(np.asarray(out[p]), pre_reference(graph, point, values), atol=1e-5, rtol=1e-5, err_msg=p)
+        np.testing.assert_allclose(np.asarray(out[p]), references[p], atol=1e-5, rtol=1e-5, err_msg=p)
 
     assert_unchanged(model, before)
     assert_roundtrip(split, data, tmp_path, "split")

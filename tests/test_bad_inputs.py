@@ -122,12 +122,31 @@ API = [
 
 @pytest.mark.parametrize("case, call, error, match", API, ids=[row[0] for row in API])
 def test_api(case, call, error, match, tmp_path):
+    # Cases whose address has close valid ones: a suggestion each must offer (an independent
+    # expectation: what a user meant).
+    close = {
+        "unknown-address": "dense_1", "unknown-port": "dense_1:pre", "pre-on-input": "dense_1:pre",
+        "pre-without-activation": "a:pre", "ambiguous-shared": "shared@0", "call-site-out-of-range": "shared@1",
+        "multi-output-without-index": "lstm[0]", "split-unknown-layer": "dense_1",
+        "collect-unknown-point": "dense_1",
+    }
     model = mlp()
     before = snapshot(model)
     listing = sorted(tmp_path.rglob("*"))
     with pytest.raises(error, match=match) as info:
         call(model, tmp_path)
-    assert isinstance(info.value, ValueError)
+    message = str(info.value)
+    assert isinstance(info.value, ks.KerasurgeryError), type(info.value)
+    # "Expected ... Received: ..." in that order (Keras's form), on every error.
+    expected, received = message.lower().find("expected"), message.find("Received")
+    assert 0 <= expected < received, f"not of the form 'Expected ... Received: ...': {message!r}"
+    if isinstance(info.value, ks.AddressError):
+        assert "kerasurgery.points(model)" in message
+        for suggestion in info.value.suggestions:
+            assert repr(suggestion) in message
+        if case in close:
+            assert close[case] in info.value.suggestions, (case, info.value.suggestions)
+            assert "Closest valid addresses" in message
     assert_unchanged(model, before)
     assert sorted(tmp_path.rglob("*")) == listing, "something was written"
 
@@ -201,7 +220,12 @@ def test_cli(case, argv, match, saved, tmp_path, capsys):
     assert sorted(p.name for p in saved.iterdir()) == before
 
 
-def test_check_graph_rejects_undirected_graphs():
-    assert ks.check_graph(ks.to_graph(mlp())) is None
-    with pytest.raises(ks.GraphError):
-        ks.check_graph(nx.Graph())
+def test_check_graph_rejects_undirected_and_broken_graphs():
+    graph = ks.to_graph(mlp())
+    ks.check_graph(graph)  # well formed: no error
+    with pytest.raises(ks.GraphError, match="expected a networkx.DiGraph, received Graph"):
+        ks.check_graph(nx.Graph(graph))
+    graph.remove_edge("dense_1", "dense_2")
+    with pytest.raises(ks.GraphError) as info:
+        ks.check_graph(graph)
+    assert info.value.problems == ["node 'dense_2': argument slot '0' is not fed by any edge"]

@@ -12,6 +12,7 @@ import pytest
 import kerasurgery as ks
 from kerasurgery.runtime import plan as runner
 from kerasurgery import load_activations
+from reference import reference_points
 from zoo import ZOO, assert_unchanged, sample_inputs, snapshot, to_numpy
 
 POINTS = ["conv:pre", "bn", "predictions:pre"]
@@ -31,7 +32,8 @@ def train_data(n=16):
 
 
 class Reference(keras.callbacks.Callback):
-    """What the recorder should see: a fresh probe's output at each epoch end."""
+    """What the recorder should see: each point computed at epoch end without kerasurgery's
+    resolver or passes (tests/reference.py)."""
 
     def __init__(self, data, points=POINTS):
         super().__init__()
@@ -40,8 +42,8 @@ class Reference(keras.callbacks.Callback):
         self.records = []
 
     def on_epoch_end(self, epoch, logs=None):
-        probe = ks.expose(self.model, self.points)
-        self.records.append({k: to_numpy(v) for k, v in probe(self.data, training=False).items()})
+        every = reference_points(self.model, self.data)
+        self.records.append({k: every[k] for k in self.points})
 
 
 class TestInMemory:
@@ -58,6 +60,79 @@ class TestInMemory:
         for address in points:
             for record, expected in zip(recorder.history[address], reference.records):
                 np.testing.assert_allclose(record, expected[address], atol=1e-5)
+
+    @pytest.mark.backend
+    def test_training_mode_records(self):
+        """training=True: dropout drops and scales, each batch is normalized with its own
+        statistics, the head reads those values; where the backend's stateless dropout follows
+        its seed state, the records equal a stateless training-mode pass of Keras's own model over
+        the same batches. The model's BatchNormalization statistics do not move."""
+        model = ZOO["dropout"]()
+        model.compile(keras.optimizers.SGD(0.01), "mse")
+        x = np.random.default_rng(1).normal(size=(12, 6)).astype("float32")
+        points = ["dense", "drop", "bn", "out"]
+        in_training = ks.ActivationRecorder(points, x[:8], batch_size=4, training=True)
+        inference = ks.ActivationRecorder(points, x[:8], batch_size=4)
+
+        class State(keras.callbacks.Callback):
+            """The model's BatchNormalization and head variables at each epoch end."""
+
+            def __init__(self):
+                super().__init__()
+                self.seen = []
+
+            def on_epoch_end(self, epoch, logs=None):
+                bn, out = self.model.get_layer("bn"), self.model.get_layer("out")
+                variables = (bn.moving_mean, bn.moving_variance, bn.gamma, bn.beta, out.kernel, out.bias)
+                self.seen.append([to_numpy(v) for v in variables])
+
+        class Stateless(keras.callbacks.Callback):
+            """Keras's own multi-output model of the same layers, stateless, batch by batch."""
+
+            def __init__(self):
+                super().__init__()
+                self.records = []
+
+            def on_epoch_end(self, epoch, logs=None):
+                m = self.model
+                ref = keras.Model(m.input, [m.get_layer(p).output for p in points])
+                trainable = [v.value for v in ref.trainable_variables]
+                state = [v.value for v in ref.non_trainable_variables]
+                rows = []
+                for start in (0, 4):
+                    out, state = ref.stateless_call(trainable, state, x[start : start + 4], training=True)
+                    rows.append([to_numpy(o) for o in out])
+                self.records.append({p: np.concatenate([r[i] for r in rows]) for i, p in enumerate(points)})
+
+        before, after, stateless = State(), State(), Stateless()
+        model.fit(x, np.zeros((12, 2)), epochs=2, batch_size=12, verbose=0,
+                  callbacks=[before, in_training, inference, stateless, after])
+        bn = model.get_layer("bn")
+        for epoch in range(2):
+            for a, b in zip(before.seen[epoch], after.seen[epoch]):  # the recorders moved nothing
+                np.testing.assert_array_equal(a, b)
+            _, _, gamma, beta, kernel, bias = before.seen[epoch]
+            got = {p: in_training.history[p][epoch] for p in points}
+            off = {p: inference.history[p][epoch] for p in points}
+            np.testing.assert_allclose(got["dense"], off["dense"], atol=1e-6)  # no randomness before dropout
+            np.testing.assert_allclose(off["drop"], off["dense"], atol=1e-6)  # inference: identity
+            kept = got["drop"] != 0
+            assert (~kept[got["dense"] != 0]).any()  # training: dropped ...
+            np.testing.assert_allclose(got["drop"][kept], 2 * got["dense"][kept], rtol=1e-5)  # ... and scaled
+            for start in (0, 4):  # training: each batch normalized with its own statistics
+                drop = got["drop"][start : start + 4].astype("float64")
+                expected = (drop - drop.mean(0)) / np.sqrt(drop.var(0) + bn.epsilon) * gamma + beta
+                np.testing.assert_allclose(got["bn"][start : start + 4], expected, atol=1e-4)
+            np.testing.assert_allclose(got["out"], got["bn"] @ kernel + bias, atol=1e-5)
+            assert not np.allclose(got["bn"], off["bn"], atol=1e-3)
+            # Measured: on torch, two stateless calls with the same seed state draw different masks.
+            if keras.backend.backend() != "torch":
+                for p in points:
+                    np.testing.assert_allclose(got[p], stateless.records[epoch][p], atol=1e-5, err_msg=p)
+        moving = [to_numpy(v) for v in (bn.moving_mean, bn.moving_variance)]
+        in_training.record(epoch=9)
+        np.testing.assert_array_equal(to_numpy(bn.moving_mean), moving[0])
+        np.testing.assert_array_equal(to_numpy(bn.moving_variance), moving[1])
 
     def test_records_equal_the_model_at_each_epoch(self):
         model = compiled_cnn()
@@ -113,9 +188,10 @@ class TestInMemory:
         batches = [x[:3], x[3:6]]
         sources = [tf.data.Dataset.from_tensor_slices(x[:6]).batch(4), batches, (x[:6], y[:6])]
         recorders = [ks.ActivationRecorder("bn", s) for s in sources]
-        model.fit(x, y, epochs=1, verbose=0, callbacks=recorders)
-        for r in recorders[1:]:
-            np.testing.assert_allclose(r.history["bn"][0], recorders[0].history["bn"][0], atol=1e-6)
+        reference = Reference(x[:6], ["bn"])
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[*recorders, reference])
+        for r in recorders:
+            np.testing.assert_allclose(r.history["bn"][0], reference.records[0]["bn"], atol=1e-5)
 
 
 class TestHDF5:

@@ -16,19 +16,18 @@ from kerasurgery.runtime import plan as runner
 from kerasurgery.runtime import sinks as storage
 from kerasurgery import load_activations
 from kerasurgery.runtime.inputs import adapt
-from zoo import ZOO, assert_unchanged, sample_inputs, snapshot, to_numpy
+from reference import reference_points
+from zoo import ZOO, assert_unchanged, sample_inputs, snapshot
 
 N = 10  # samples: not a multiple of the batch size below
 BATCH = 4
 
 
 def reference(model, data, addresses):
-    """Each point alone: a probe of that one point, called eagerly."""
-    out = {}
-    for address in addresses:
-        probe = ks.expose(model, [address])
-        out[address] = to_numpy(probe(data, training=False)[address])
-    return out
+    """The value of each of `addresses`, computed without kerasurgery's resolver or passes
+    (`tests/reference.py`: eager calls, :pre from the layers' weights, :scores from direct calls)."""
+    every = reference_points(model, data)
+    return {address: every[address] for address in addresses}
 
 
 def assert_close(actual, expected, atol=1e-5):

@@ -6,11 +6,14 @@ For every drawn architecture:
 - ``split_activations(model)`` has the model's outputs, no fused non-linear
   activation left, and no variable shared with the model;
 - ``expose(model, points(model))`` returns, at every point, the value an
-  independent eager interpreter computes (`reference_points`): plain outputs
-  from calling each operation eagerly, ``:pre`` of a fused layer from a linear
-  clone of the layer (and ``activation(pre) == output``), ``:pre`` of an
-  activation layer from its input, ``:scores`` from calling the attention layer
-  with ``return_attention_scores=True``;
+  independent reference computes (`tests/reference.py`, which uses neither
+  kerasurgery's resolver nor its passes): plain outputs from calling each
+  operation eagerly (checked first against the model's own outputs), ``:pre``
+  of a fused layer from the layer's weights (and ``activation(pre) ==
+  output``), ``:pre`` of an activation layer from its input, ``:scores`` from
+  calling the attention layer with ``return_attention_scores=True``; the
+  probe's outputs come in the order asked, and ``points(model)`` lists exactly
+  the reference's addresses;
 - ``insert_taps`` at every point keeps the outputs, and ``probe_pair(copy=True)``
   gives a detached pair with the right values;
 - the model is unchanged (weights, config, names, activations);
@@ -48,8 +51,9 @@ import keras
 import networkx as nx
 import numpy as np
 import pytest
-from fuzz_models import architectures, reference_points
+from fuzz_models import architectures
 from hypothesis import HealthCheck, given, note, seed, settings
+from reference import reference_points
 from zoo import assert_unchanged, sample_inputs, snapshot
 
 import kerasurgery as ks
@@ -153,7 +157,7 @@ def check_expose(case: Case, every: list[str], references: dict) -> keras.Model:
     ks.check_graph(expose_pass(case.graph, every))
     probe = ks.expose(case.model, every)
     got = outputs(probe, case.data)
-    assert set(got) == set(every)
+    assert list(probe.output) == every  # in the order asked (a call on torch sorts dict keys)
     for address in every:
         np.testing.assert_allclose(got[address], references[address], atol=ATOL, rtol=1e-5, err_msg=address)
         key = address[: -len(":pre")]
@@ -201,7 +205,8 @@ def check_architecture(program) -> None:
     graph = ks.to_graph(model)
     case = Case(model, data, graph, outputs(model, data), {id(v) for v in model.weights}, live_nodes(graph))
     every = ks.points(model)
-    references = reference_points(graph, data, every)
+    references = reference_points(model, data)
+    assert sorted(every) == sorted(references), "points() and the reference disagree on the addresses"
 
     rebuilt = check_round_trip(case)
     split = check_split(case)

@@ -69,6 +69,19 @@ class TestSchema:
         assert sorted(graph.edges["embed", "mha"]["feeds"]) == [(0, "key"), (0, "query"), (0, "value")]
         assert graph.edges["mask", "mha"]["feeds"] == [(0, "attention_mask")]
 
+    def test_attention_arguments_keep_their_roles(self):
+        """Query, value and key come from three different tensors: each slot is fed by its own."""
+        from zoo import cross_attention
+
+        graph = ks.to_graph(cross_attention())
+        feeds = {(p, i, s) for p, _, e in graph.in_edges("cross", data=True) for i, s in e["feeds"]}
+        assert feeds == {("q_proj", 0, "query"), ("memory", 0, "value"), ("k_proj", 0, "key"),
+                         ("cross_mask", 0, "attention_mask")}
+        feeds = {(p, s) for p, _, e in graph.in_edges("cross_pos", data=True) for _, s in e["feeds"]}
+        assert feeds == {("cross", "0"), ("memory", "1")} and graph.nodes["cross_pos"]["args"] == (Slot("0"), Slot("1"))
+        feeds = {(p, s) for p, _, e in graph.in_edges("cross_gqa", data=True) for _, s in e["feeds"]}
+        assert feeds == {("cross_pos", "0"), ("v_proj", "1"), ("k_proj", "2")}
+
     def test_raw_ops_are_nodes(self):
         from zoo import raw_ops
 
@@ -136,6 +149,63 @@ class TestTrainingSemantics:
             )
 
 
+ABSENT = "absent"  # the call has no `training` argument at all (not even None)
+
+
+def _call(layer, x, training):
+    return layer(x) if training is ABSENT else layer(x, training=training)
+
+
+def _three_levels(outer_training, mid_training, drop_training):
+    """model(x) -> outer(x, training=outer_training) -> mid(h, training=mid_training)
+    -> Dropout(training=drop_training): a dropout two nested models down."""
+    z = keras.Input((64,), name="z")
+    mid = keras.Model(z, _call(keras.layers.Dropout(0.5, name="drop"), z, drop_training), name="mid")
+    h = keras.Input((64,), name="h")
+    outer = keras.Model(h, _call(mid, h, mid_training), name="outer")
+    x = keras.Input((64,), name="x")
+    return keras.Model(x, _call(outer, x, outer_training), name="top")
+
+
+def _dropout_mode(output) -> str:
+    """'train' if the dropout dropped (values 0 or 2 on ones), 'infer' if it passed ones through."""
+    values = keras.ops.convert_to_numpy(output)
+    if np.array_equal(values, np.ones_like(values)):
+        return "infer"
+    assert set(np.unique(values)) <= {0.0, 2.0} and (values == 0).any(), values
+    return "train"
+
+
+@pytest.mark.backend
+class TestNestedTraining:
+    SETTINGS = (ABSENT, None, False, True)
+
+    @pytest.mark.parametrize("outer_training", SETTINGS, ids=str)
+    def test_every_combination_runs_like_keras(self, outer_training):
+        """For each `training` given (or not) to outer, mid and the dropout, and each value at run
+        time, the rebuilt model and a probe of the dropout run it in the mode Keras itself does."""
+        ones = np.ones((4, 64), "float32")
+        seen = set()
+        for mid_training in self.SETTINGS:
+            for drop_training in self.SETTINGS:
+                model = _three_levels(outer_training, mid_training, drop_training)
+                graph = ks.to_graph(model)
+                rebuilt = ks.to_model(graph)
+                probe = ks.expose(model, ["outer/mid/drop"])
+                for run in (ABSENT, False, True):
+                    case = (outer_training, mid_training, drop_training, run)
+                    keras_mode = _dropout_mode(_call(model, ones, run))
+                    assert _dropout_mode(_call(rebuilt, ones, run)) == keras_mode, case
+                    assert _dropout_mode(_call(probe, ones, run)["outer/mid/drop"]) == keras_mode, case
+                    seen.add(keras_mode)
+                # In the graph: the first value given from the outside in (Keras records a dropout
+                # called without `training` with its signature default, False).
+                own = False if drop_training is ABSENT else drop_training
+                given = [t for t in (outer_training, mid_training, own) if t not in (ABSENT, None)]
+                assert graph.nodes["outer/mid/drop"]["kwargs"].get("training") == (given[0] if given else None)
+        assert seen == {"train", "infer"}
+
+
 @pytest.mark.backend
 class TestEdits:
     def test_replace_an_operation(self):
@@ -183,11 +253,16 @@ class TestEdits:
         np.testing.assert_allclose(ks.to_model(graph).predict(data, verbose=0),
                                    0.5 * model.predict(data, verbose=0), atol=1e-6)
 
-    def test_input_graph_untouched_by_to_model(self):
-        graph = ks.to_graph(mlp())
-        before = (list(graph.nodes), list(graph.edges(data=True)), dict(graph.graph))
+    @pytest.mark.parametrize("name", ["mlp", "cross_attention", "nested_functional", "shared"])
+    def test_input_graph_untouched_by_to_model(self, name):
+        def by_value(graph):  # repr, not references: an edit in place of a feeds list shows
+            nodes = {k: (id(d["op"]), repr({a: v for a, v in d.items() if a != "op"})) for k, d in graph.nodes(data=True)}
+            return nodes, repr(list(graph.edges(data=True))), repr(graph.graph)
+
+        graph = ks.to_graph(ZOO[name]())
+        before = by_value(graph)
         ks.to_model(graph)
-        assert before == (list(graph.nodes), list(graph.edges(data=True)), dict(graph.graph))
+        assert by_value(graph) == before
 
 
 @pytest.mark.backend
@@ -226,9 +301,19 @@ class TestCheckGraph:
         with pytest.raises(ks.GraphError, match="calling node 'dense_2' \\(Reshape\\) failed"):
             ks.to_model(graph)
 
-    def test_well_formed(self):
-        for factory in ZOO.values():
-            assert ks.check_graph(ks.to_graph(factory())) is None
+    @pytest.mark.parametrize("name", sorted(ZOO))
+    def test_well_formed_and_each_broken_edge_found(self, name):
+        """Every zoo graph passes; without any one of its edges it fails, naming what is unfed."""
+        graph = ks.to_graph(ZOO[name]())
+        ks.check_graph(graph)  # no error
+        for parent, child, edge in list(graph.edges(data=True)):
+            broken = graph.copy()  # edges removed only: nothing shared is edited
+            broken.remove_edge(parent, child)
+            with pytest.raises(ks.GraphError) as info:
+                ks.check_graph(broken)
+            assert info.value.problems == [
+                f"node {child!r}: argument slot {slot!r} is not fed by any edge" for _, slot in edge["feeds"]
+            ], (parent, child)
 
 
 @pytest.mark.backend

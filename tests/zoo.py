@@ -7,7 +7,9 @@ equal outputs, an unchanged original, and a `.keras` round trip.
 
 from __future__ import annotations
 
+import functools
 import json
+import zlib
 
 import keras
 import numpy as np
@@ -16,7 +18,46 @@ from keras import layers, ops
 # ---------------------------------------------------------------------------
 # factories
 
+#: How `nontrivial` fills each kind of variable (by variable name): biases and
+#: BatchNormalization/LayerNormalization parameters and statistics that no
+#: initializer default would give, so a lost bias or statistic changes numbers.
+_FILL = {
+    "bias": lambda rng, shape: rng.normal(0.0, 0.5, shape),
+    "beta": lambda rng, shape: rng.normal(0.0, 0.5, shape),
+    "gamma": lambda rng, shape: rng.uniform(0.5, 1.5, shape),
+    "moving_mean": lambda rng, shape: rng.normal(0.0, 0.5, shape),
+    "moving_variance": lambda rng, shape: rng.uniform(0.5, 1.5, shape),
+}
 
+
+def nontrivial(model):
+    """Give `model` non-zero biases and non-trivial normalization parameters, deterministically.
+
+    Every variable named ``bias``, ``beta``, ``gamma``, ``moving_mean`` or
+    ``moving_variance`` (in nested models and sublayers too: MultiHeadAttention's
+    projections, LSTM/GRU biases) is set from a generator seeded by the model's
+    name, whatever Keras's global seed. Returns `model`.
+    """
+    rng = np.random.default_rng(zlib.crc32(model.name.encode()))
+    for variable in model.weights:
+        fill = _FILL.get(variable.name)
+        if fill is not None:
+            variable.assign(fill(rng, tuple(variable.shape)).astype(variable.dtype))
+    return model
+
+
+def _factory(build):
+    """Decorator: the zoo factory `build`, with `nontrivial` applied to what it returns."""
+
+    @functools.wraps(build)
+    def make():
+        return nontrivial(build())
+
+    return make
+
+
+
+@_factory
 def mlp():
     x = keras.Input((8,), name="x")
     h = layers.Dense(16, activation="relu", name="dense_1")(x)
@@ -25,6 +66,7 @@ def mlp():
     return keras.Model(x, y, name="mlp")
 
 
+@_factory
 def cnn_bn():
     x = keras.Input((16, 16, 3), name="image")
     h = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(x)
@@ -39,6 +81,7 @@ def cnn_bn():
     return keras.Model(x, y, name="cnn_bn")
 
 
+@_factory
 def branches():
     x = keras.Input((6,), name="x")
     a = layers.Dense(5, activation="relu", name="a")(x)
@@ -50,6 +93,7 @@ def branches():
     return keras.Model(x, y, name="branches")
 
 
+@_factory
 def shared():
     x = keras.Input((5,), name="x")
     dense = layers.Dense(5, activation="relu", name="shared")
@@ -59,6 +103,7 @@ def shared():
     return keras.Model(x, y, name="shared_model")
 
 
+@_factory
 def nested_functional():
     inner_in = keras.Input((6,), name="inner_in")
     h = layers.Dense(8, activation="relu", name="inner_dense")(inner_in)
@@ -71,6 +116,7 @@ def nested_functional():
     return keras.Model(x, y, name="nested_functional")
 
 
+@_factory
 def nested_sequential():
     block = keras.Sequential(
         [
@@ -86,6 +132,7 @@ def nested_sequential():
     return keras.Model(x, y, name="nested_sequential")
 
 
+@_factory
 def deep_nested():
     leaf = keras.Sequential([keras.Input((4,)), layers.Dense(4, activation="relu", name="leaf_dense")], name="leaf")
     mid_in = keras.Input((4,), name="mid_in")
@@ -95,6 +142,7 @@ def deep_nested():
     return keras.Model(x, y, name="deep_nested")
 
 
+@_factory
 def siamese():
     enc_in = keras.Input((5,), name="enc_in")
     enc = keras.Model(enc_in, layers.Dense(3, activation="relu", name="proj")(enc_in), name="encoder")
@@ -104,6 +152,7 @@ def siamese():
     return keras.Model([a, b], layers.Dense(1, activation="sigmoid", name="score")(d), name="siamese")
 
 
+@_factory
 def multi_io():
     a = keras.Input((4,), name="a")
     b = keras.Input((3,), name="b")
@@ -113,6 +162,7 @@ def multi_io():
     return keras.Model({"a": a, "b": b}, {"cls": out_1, "reg": out_2}, name="multi_io")
 
 
+@_factory
 def raw_ops():
     x = keras.Input((4,), name="x")
     h = layers.Dense(4, activation="relu", name="dense")(x)
@@ -122,6 +172,7 @@ def raw_ops():
     return keras.Model(x, y, name="raw_ops")
 
 
+@_factory
 def attention():
     q = keras.Input((5, 8), name="tokens")
     mask = keras.Input((5, 5), name="mask", dtype="bool")
@@ -135,6 +186,31 @@ def attention():
     return keras.Model([q, mask], y, name="attention")
 
 
+@_factory
+def cross_attention():
+    """Query, key and value from three different tensors; target and source lengths differ.
+
+    Swapping any two of them changes shapes or values, so a reader that mixed up
+    MHA's arguments cannot pass a round trip.
+    """
+    q = keras.Input((3, 6), name="queries")
+    memory = keras.Input((5, 4), name="memory")
+    mask = keras.Input((3, 5), name="cross_mask", dtype="bool")
+    qh = layers.Dense(6, activation="relu", name="q_proj")(q)
+    kh = layers.Dense(4, activation="tanh", name="k_proj")(memory)
+    # value_dim stays key_dim: Keras 3.15 on JAX fails on MHA with value_dim != key_dim.
+    att = layers.MultiHeadAttention(num_heads=2, key_dim=3, name="cross")
+    a = att(query=qh, value=memory, key=kh, attention_mask=mask)
+    b = layers.MultiHeadAttention(num_heads=1, key_dim=2, name="cross_pos")(a, memory)  # positional
+    gqa = layers.GroupQueryAttention(head_dim=3, num_query_heads=2, num_key_value_heads=1, name="cross_gqa")
+    v = layers.Dense(6, name="v_proj")(memory)  # GroupQueryAttention wants value dim == query dim
+    g = gqa(b, v, kh)  # positional query, value, key
+    h = layers.Concatenate(name="cat")([a, b, g])
+    y = layers.Dense(2, activation="softmax", name="predictions")(layers.GlobalAveragePooling1D(name="pool")(h))
+    return keras.Model([q, memory, mask], y, name="cross_attention")
+
+
+@_factory
 def dropout():
     x = keras.Input((6,), name="x")
     h = layers.Dense(6, activation="relu", name="dense")(x)
@@ -143,6 +219,7 @@ def dropout():
     return keras.Model(x, layers.Dense(2, name="out")(h), name="dropout")
 
 
+@_factory
 def sequential_built():
     model = keras.Sequential(
         [layers.Dense(5, activation="relu", name="d1"), layers.Dense(2, activation="softmax", name="d2")],
@@ -152,6 +229,7 @@ def sequential_built():
     return model
 
 
+@_factory
 def recurrent():
     x = keras.Input((6, 3), name="seq_in")
     out, h, c = layers.LSTM(4, return_sequences=True, return_state=True, name="lstm")(x)
@@ -161,6 +239,7 @@ def recurrent():
     return keras.Model(x, y, name="recurrent")
 
 
+@_factory
 def sequential_input():
     return keras.Sequential(
         [keras.Input((4,), name="features"), layers.Dense(5, activation="relu", name="d1"),
@@ -169,6 +248,7 @@ def sequential_input():
     )
 
 
+@_factory
 def masked():
     tokens = keras.Input((7,), dtype="int32", name="tokens")
     e = layers.Embedding(20, 6, mask_zero=True, name="embed")(tokens)
@@ -194,6 +274,7 @@ class Backbone(keras.Model):
         return {"hidden": self.hidden, "name": self.name, "trainable": self.trainable}
 
 
+@_factory
 def backbone():
     return Backbone(name="backbone")
 
@@ -210,6 +291,7 @@ ZOO = {
     "multi_io": multi_io,
     "raw_ops": raw_ops,
     "attention": attention,
+    "cross_attention": cross_attention,
     "dropout": dropout,
     "sequential_built": sequential_built,
     "recurrent": recurrent,

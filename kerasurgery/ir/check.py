@@ -60,7 +60,7 @@ def check_graph(graph: nx.DiGraph) -> None:
         >>> ks.check_graph(g)
         Traceback (most recent call last):
         ...
-        kerasurgery.errors.GraphError: The graph is malformed (1 problem(s)):
+        kerasurgery.errors.GraphError: Expected a well-formed graph (see `kerasurgery.check_graph`). Received: 1 problem(s):
           - node 'd': argument slot '0' is not fed by any edge
     """
     if not isinstance(graph, nx.DiGraph):

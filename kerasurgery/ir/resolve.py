@@ -225,8 +225,8 @@ class Resolver:
             }[address.port]
             nearby = [p for p in self.points() if p.endswith(":" + address.port)]
             raise AddressError(
-                f"'{key}' ({cls}) has no ':{address.port}' port: {why}. Its ports: {have}. "
-                f"Received: {text!r}.",
+                f"Expected an address with a port of '{key}'. Received: {text!r}: '{key}' ({cls}) "
+                f"has no ':{address.port}' port: {why}. Its ports: {have}.",
                 address=text,
                 suggestions=close_matches(text, nearby) or nearby[:5],
             )
