@@ -116,4 +116,32 @@ def reference_points(model, data) -> dict[str, np.ndarray]:
             result[f"{key}:pre"] = _first_input(args, kwargs)
         if isinstance(op, ATTENTION_LAYERS):
             result[f"{key}:scores"] = op(*args, **{**kwargs, "return_attention_scores": True})[1]
+    result.update(_nested_outputs(model, graph, values, data))
     return {address: to_numpy(value) for address, value in result.items()}
+
+
+def _nested_outputs(model, graph, values, data) -> dict:
+    """The address of each nested model call (``encoder``, ``encoder@1``): its outputs.
+
+    For nested models of `model` itself, Keras computes them (a model from
+    `model`'s inputs to that call's outputs); deeper ones take the values of
+    the nodes the graph names for them.
+    """
+    from kerasurgery import keras_internals as internals
+
+    out = {}
+    for alias, refs in graph.graph.get("aliases", {}).items():
+        out.update({alias: values[refs[0].node][refs[0].index]} if len(refs) == 1 else
+                   {f"{alias}[{i}]": values[r.node][r.index] for i, r in enumerate(refs)})
+    fn = internals.graph_of(model)
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    for layer in nested:
+        calls = [n for n in internals.inbound_nodes(layer) if n in internals.nodes_in_order(fn)]
+        for k, node in enumerate(calls):
+            alias = layer.name if len(calls) == 1 else f"{layer.name}@{k}"
+            outputs = list(node.outputs)
+            computed = keras.Model(fn.inputs, outputs)(data)
+            computed = computed if isinstance(computed, (list, tuple)) else [computed]
+            out.update({alias: computed[0]} if len(outputs) == 1 else
+                       {f"{alias}[{i}]": v for i, v in enumerate(computed)})
+    return out

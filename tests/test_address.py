@@ -112,6 +112,11 @@ def expected_points(graph) -> dict:
             expected[f"{key}:pre"] = Point(key, 0, "pre")
         if isinstance(op, ATTENTION_LAYERS):
             expected[f"{key}:scores"] = Point(key, 0, "scores")
+    for alias, refs in graph.graph.get("aliases", {}).items():  # a nested model call: its outputs
+        if len(refs) == 1:
+            expected[alias] = Point(refs[0].node, refs[0].index, None)
+        else:
+            expected.update({f"{alias}[{i}]": Point(r.node, r.index, None) for i, r in enumerate(refs)})
     return expected
 
 

@@ -136,7 +136,7 @@ class Resolver:
             if n > 1:
                 options = [point_address(key, i) for i in range(n)]
                 raise AddressError(
-                    f"'{key}' returns {n} tensors; expected an output index such as "
+                    f"Expected an output index for '{key}', which returns {n} tensors, such as "
                     f"{options[0]!r}. Received: {text!r}.",
                     address=text,
                     suggestions=options,
@@ -145,7 +145,7 @@ class Resolver:
         if address.index >= n:
             options = [point_address(key, i) for i in range(n)] if n > 1 else [key]
             raise AddressError(
-                f"'{key}' returns {n} tensor(s); expected an index below {n}. Received: {text!r}.",
+                f"Expected an output index below {n} for '{key}', which returns {n} tensor(s). Received: {text!r}.",
                 address=text,
                 suggestions=options,
             )
@@ -158,22 +158,23 @@ class Resolver:
         call = address.call if address.call is not None else (0 if len(by_call) == 1 else None)
         if call not in by_call:
             raise AddressError(
-                f"'{address.name}' is called {len(by_call)} times in model '{self.model_name}'; expected "
-                f"the call site with '@', one of {options}. Received: {text!r}.",
+                f"Expected a call site of '{address.name}' with '@', one of {options}: it is called "
+                f"{len(by_call)} times in model '{self.model_name}'. Received: {text!r}.",
                 address=text, suggestions=options,
             )
         key = by_call[call]
         refs = self.aliases[key]
         if address.index is None and len(refs) > 1:
             raise AddressError(
-                f"'{key}' returns {len(refs)} tensors; expected an output index such as "
+                f"Expected an output index for '{key}', which returns {len(refs)} tensors, such as "
                 f"{point_address(key, 0)!r}. Received: {text!r}.",
                 address=text, suggestions=_alias_points(key, refs),
             )
         index = address.index or 0
         if index >= len(refs):
             raise AddressError(
-                f"'{key}' returns {len(refs)} tensor(s); expected an index below {len(refs)}. Received: {text!r}.",
+                f"Expected an output index below {len(refs)} for '{key}', which returns {len(refs)} tensor(s). "
+                f"Received: {text!r}.",
                 address=text, suggestions=_alias_points(key, refs),
             )
         ref = refs[index]
@@ -192,15 +193,15 @@ class Resolver:
                 return sites[0]
             options = [by_call[c] for c in sorted(by_call)]
             raise AddressError(
-                f"'{address.name}' is called {len(sites)} times in model '{self.model_name}'; "
-                f"expected the call site with '@', one of {options}. Received: {text!r}.",
+                f"Expected a call site of '{address.name}' with '@', one of {options}: it is called "
+                f"{len(sites)} times in model '{self.model_name}'. Received: {text!r}.",
                 address=text,
                 suggestions=options,
             )
         if address.call not in by_call:
             options = [by_call[c] for c in sorted(by_call)]
             raise AddressError(
-                f"'{address.name}' has {len(sites)} call site(s), expected one of {options}. "
+                f"Expected one of the {len(sites)} call site(s) of '{address.name}': {options}. "
                 f"Received: {text!r}.",
                 address=text,
                 suggestions=options,
