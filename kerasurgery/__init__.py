@@ -46,6 +46,7 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "insert_layer": ("kerasurgery.passes.layer_edits", "insert_layer"),
     "replace_layer": ("kerasurgery.passes.layer_edits", "replace_layer"),
     "delete_layer": ("kerasurgery.passes.layer_edits", "delete_layer"),
+    "patch": ("kerasurgery.passes.patch", "patch"),
     # running over data
     "collect": ("kerasurgery.runtime.collect", "collect"),
     "load_activations": ("kerasurgery.runtime.activations", "load_activations"),
@@ -98,6 +99,7 @@ if TYPE_CHECKING or "sphinx" in sys.modules:  # static names for type checkers a
     from kerasurgery.ir.to_keras import to_model
     from kerasurgery.passes.expose import expose
     from kerasurgery.passes.layer_edits import delete_layer, insert_layer, replace_layer
+    from kerasurgery.passes.patch import patch
     from kerasurgery.passes.probe_pair import probe_pair
     from kerasurgery.passes.split import split_activations
     from kerasurgery.passes.taps import insert_taps

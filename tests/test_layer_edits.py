@@ -321,10 +321,13 @@ class FailsWhenBuilt(layers.Layer):
         super().__init__(**kwargs)
         self.calls = 0
 
-    def call(self, x):
+    def __call__(self, *args, **kwargs):
         self.calls += 1
         if self.calls > 1:
             raise RuntimeError("cannot run twice")
+        return super().__call__(*args, **kwargs)
+
+    def call(self, x):
         return x
 
 

@@ -21,6 +21,7 @@ from kerasurgery.ir.schema import copy_graph, input_keys
 from kerasurgery.passes.copy import copy_pass
 from kerasurgery.passes.expose import expose_pass
 from kerasurgery.passes.layer_edits import delete_layer_pass, insert_layer_pass, replace_layer_pass
+from kerasurgery.passes.patch import patch_pass
 from kerasurgery.passes.split import split_activations_pass
 from kerasurgery.passes.taps import insert_taps_pass
 
@@ -61,6 +62,7 @@ PASSES = {
     "insert_layer": lambda g: insert_layer_pass(g, _first_call(g), keras.layers.Identity(name="inserted")),
     "replace_layer": lambda g: replace_layer_pass(g, _first_call(g), g.nodes[_first_call(g)]["op"]),
     "delete_layer": lambda g: delete_layer_pass(g, _first_call(g)),
+    "patch": lambda g: patch_pass(g, {_first_call(g): "zero", ks.points(g)[-1]: "input"}),
     "split_activations": lambda g: split_activations_pass(g),
     "insert_taps": _taps,
     "copy": copy_pass,
