@@ -93,7 +93,7 @@ def test_ablating_one_head_of_a_bert_block_equals_numpy(bert, head, tmp_path):
 
 
 def test_a_clean_block_output_patched_into_a_corrupted_run(bert):
-    """transformer_layer_1 is the last block: its clean value gives the clean outputs."""
+    """Block 0's clean output fed into a corrupted run: block 1 and the pooler then give the clean outputs."""
     clean, corrupted = bert_text(2, 6, seed=1), bert_text(2, 6, seed=2)
     cached = numpy_tree(ks.expose(bert, ["transformer_layer_0"])(clean))["transformer_layer_0"]
     patched = ks.patch(bert, {"transformer_layer_0": "input"})
