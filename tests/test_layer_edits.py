@@ -335,3 +335,15 @@ def test_a_model_that_cannot_be_built_is_refused():
     model = ZOO["mlp"]()
     _refused(model, lambda: ks.insert_layer(model, "dense_1", FailsWhenBuilt(name="fragile")), ks.TransformError,
              "(?s)inserting 'fragile'.*can build.*cannot run twice")
+
+
+def test_at_pre_of_an_activation_layer_only_its_input_changes():
+    """d feeds relu and add: Rescaling(2) at relu:pre gives relu(2d) + d, at d gives relu(2d) + 2d."""
+    x = keras.Input((3,), name="x")
+    d = layers.Dense(3, name="d")(x)
+    model = keras.Model(x, layers.Add(name="add")([layers.ReLU(name="relu")(d), d]))
+    data = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
+    h = data @ model.get_layer("d").get_weights()[0] + model.get_layer("d").get_weights()[1]
+    for point, expected in [("relu:pre", np.maximum(2 * h, 0) + h), ("d", np.maximum(2 * h, 0) + 2 * h)]:
+        edited = ks.insert_layer(model, point, layers.Rescaling(2.0, name="twice"))
+        np.testing.assert_allclose(predict(edited, data), expected, atol=1e-5)

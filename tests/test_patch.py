@@ -93,6 +93,8 @@ def test_input_fed_the_original_value_gives_the_original_outputs_exactly(name, t
     assert set(names) <= {t.name for t in patched.inputs} and len(patched.inputs) == len(model.inputs) + len(names)
     values = {n: value_at(model, p, data) for n, p in zip(names, points)}
     assert_exactly(predict(patched, fed(data, values)), predict(model, data))
+    moved = predict(patched, fed(data, {n: v + 1 for n, v in values.items()}))  # the inputs are read
+    assert not all(np.allclose(a, b) for a, b in zip(keras.tree.flatten(moved), keras.tree.flatten(predict(model, data))))
     own_weights_only(model, patched)
     loaded = assert_roundtrip(patched, fed(data, values), tmp_path)
     assert [t.name for t in loaded.inputs] == [t.name for t in patched.inputs]
