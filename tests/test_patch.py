@@ -278,3 +278,26 @@ def test_bad_patches_are_refused_clearly():
 def test_scores_of_a_closed_attention_layer_are_refused_on_a_graph():
     with pytest.raises(ks.TransformError, match="open="):
         patch_pass(ks.to_graph(ZOO["attention"]()), {"gqa:scores": "zero"})
+
+
+def test_zeroed_scores_of_a_grouped_query_attention_leave_its_output_bias(tmp_path):
+    """gqa:scores opens the built-in GroupQueryAttention: zero weights give its output projection's bias."""
+    model = ZOO["attention"]()
+    data = sample_inputs(model)
+    patched = ks.patch(model, {"gqa:scores": "zero"})
+    bias = to_numpy(model.get_layer("gqa")._output_dense.bias)
+    rest = ks.patch(model, {"gqa": "input"})
+    np.testing.assert_allclose(predict(patched, data), predict(rest, [*data, np.broadcast_to(bias, (4, 5, 8))]),
+                               atol=1e-6)
+    assert_roundtrip(patched, data, tmp_path)
+
+
+def test_the_mean_of_one_point_stats_is_accepted():
+    model = ZOO["mlp"]()
+    x = sample_inputs(model)
+    stats = ks.calibrate(model, x, ["dense_2:pre"])
+    np.testing.assert_allclose(predict(ks.patch(model, {"dense_2:pre": ("mean", stats["dense_2:pre"])}), x),
+                               predict(ks.patch(model, {"dense_2:pre": ("mean", stats)}), x), atol=0)
+    np.testing.assert_allclose(predict(ks.patch(model, {"dense_2:pre": ("mean", stats)}), x),
+                               mlp_forward(model, x, "dense_2:pre", lambda h: stats["dense_2:pre"].mean + 0 * h),
+                               atol=1e-5)
