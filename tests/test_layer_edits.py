@@ -300,6 +300,8 @@ def test_inserting_or_replacing_with_another_shape_or_dtype_is_refused():
 
 def test_a_layer_that_cannot_take_the_value_is_refused():
     model = ZOO["mlp"]()
+    _refused(model, lambda: ks.insert_layer(model, "dense_1", lambda x: 2 * x), ks.TransformError,
+             "Expected a Keras layer")
     built = layers.Dense(3)
     built.build((None, 5))
     _refused(model, lambda: ks.insert_layer(model, "dense_1", built), ks.TransformError,

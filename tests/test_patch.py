@@ -133,6 +133,8 @@ def test_zero_equals_numpy(point, tmp_path):
     patched = ks.patch(model, {point: "zero"})
     np.testing.assert_allclose(predict(patched, x), mlp_forward(model, x, point, np.zeros_like), atol=1e-6)
     assert_roundtrip(patched, x, tmp_path)
+    at_output = ks.patch(model, {"predictions": "zero"})  # the output itself: its name is kept
+    assert at_output.output_names == ["predictions"] and not predict(at_output, x).any()
 
 
 def test_zero_in_nested_and_shared_models_equals_the_layers_called_by_hand():

@@ -152,8 +152,11 @@ def call_specs(layer: Any, args: tuple, kwargs: dict, where: str) -> list:
     Raises:
         TransformError: the layer cannot be called on those shapes.
     """
-    if not callable(layer):
-        raise TransformError(f"Expected a Keras layer. Received: {layer!r} of type {type(layer).__name__}.")
+    if not isinstance(layer, keras.Operation):
+        raise TransformError(
+            f"Expected a Keras layer (a `keras.layers.Layer`; wrap a function in a layer of your own). Received: "
+            f"{layer!r:.80} of type {type(layer).__name__}."
+        )
     restore = forget_trace_calls(layer)
     try:
         out = layer(*args, **kwargs)
