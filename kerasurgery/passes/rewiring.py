@@ -15,6 +15,8 @@
 - `call_site`, `rename_node`, `build`: the call a layer edit acts on, a new
   key for a node, and `to_model` with its failures reported as
   `TransformError`.
+- `scores_to_open`: the ``:scores`` points whose attention layers the
+  model-level functions open (``graph_for(model, points, open=...)``).
 
 Every function here edits the graph it is given; passes call them on a
 `kerasurgery.ir.schema.copy_graph` copy.
