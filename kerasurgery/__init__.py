@@ -42,6 +42,11 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "split_activations": ("kerasurgery.passes.split", "split_activations"),
     "insert_taps": ("kerasurgery.passes.taps", "insert_taps"),
     "probe_pair": ("kerasurgery.passes.probe_pair", "probe_pair"),
+    # surgery and interventions
+    "insert_layer": ("kerasurgery.passes.layer_edits", "insert_layer"),
+    "replace_layer": ("kerasurgery.passes.layer_edits", "replace_layer"),
+    "delete_layer": ("kerasurgery.passes.layer_edits", "delete_layer"),
+    "patch": ("kerasurgery.passes.patch", "patch"),
     # running over data
     "collect": ("kerasurgery.runtime.collect", "collect"),
     "load_activations": ("kerasurgery.runtime.activations", "load_activations"),
@@ -93,6 +98,8 @@ if TYPE_CHECKING or "sphinx" in sys.modules:  # static names for type checkers a
     from kerasurgery.ir.schema import Ref, Slot
     from kerasurgery.ir.to_keras import to_model
     from kerasurgery.passes.expose import expose
+    from kerasurgery.passes.layer_edits import delete_layer, insert_layer, replace_layer
+    from kerasurgery.passes.patch import patch
     from kerasurgery.passes.probe_pair import probe_pair
     from kerasurgery.passes.split import split_activations
     from kerasurgery.passes.taps import insert_taps

@@ -117,6 +117,19 @@ API = [
                      c := keras.Input((1,), name="c")], keras.layers.Concatenate()([a, b, c])),
         [[np.ones((2, 2))], [np.ones((2, 1)), np.ones((2, 1))]], progress=False),
      ks.DataError, r"nested as the model's inputs \[\['a', 'b'\], 'c'\]"),
+    ("insert-unknown-point", lambda m, p: ks.insert_layer(m, "dense_9", keras.layers.Identity()), ks.AddressError,
+     "Closest.*'dense_1'"),
+    ("insert-other-shape", lambda m, p: ks.insert_layer(m, "dense_1", keras.layers.Dense(4)), ks.TransformError,
+     r"'dense_2' \(Dense\) cannot accept \(None, 4\)"),
+    ("replace-other-dtype", lambda m, p: ks.replace_layer(m, "dense_2", keras.layers.Dense(8, dtype="float16")),
+     ks.TransformError, r"float16.*'predictions' \(Dense\) cannot accept"),
+    ("delete-shape-changing", lambda m, p: ks.delete_layer(m, "dense_2"), ks.TransformError,
+     r"Received: \(None, 16\), float32.*'predictions' \(Dense\) cannot accept"),
+    ("delete-two-inputs", lambda m, p: ks.delete_layer(branches(), "add"), ks.TransformError, "taking 2 tensor"),
+    ("patch-wrong-shape", lambda m, p: ks.patch(m, {"dense_1": np.zeros(15)}), ks.TransformError,
+     r"per-sample shape of 'dense_1', \(16,\)"),
+    ("patch-unknown-kind", lambda m, p: ks.patch(m, {"dense_1": "ones"}), ks.TransformError, "'zero', 'mean'"),
+    ("patch-unknown-point", lambda m, p: ks.patch(m, {"dense_7": "zero"}), ks.AddressError, "dense_1"),
 ]
 
 

@@ -4,7 +4,7 @@
 Each script compares what the library gives with an independent reference
 (numpy, a sub-model built by hand, the layer called by hand) and stops with an
 AssertionError when they differ, so a broken library fails its example; the
-last tests here break the library on purpose and watch two examples fail.
+last tests here break the library on purpose and watch three examples fail.
 
 Scripts run in-process (as ``__main__``, with ``sys.argv`` set) so the suite
 imports TensorFlow once; one more runs in its own interpreter."""
@@ -41,6 +41,7 @@ WRITES = {
     "07_feature_extraction.py": ["features.h5"],
     "08_surgery.py": ["rescaled.keras"],
     "09_keras_hub_attention.py": ["attention_heads.png"],
+    "10_patching.py": ["patched.keras"],
 }
 
 #: Examples that need an optional package (skipped without it; CI's keras_hub step runs them).
@@ -137,3 +138,12 @@ def test_calibration_example_fails_when_a_batch_is_lost(tmp_path, monkeypatch):
     monkeypatch.setattr(ks, "calibrate", losing_the_last_batch)
     with pytest.raises(AssertionError, match="count"):
         run_example(ROOT / "examples" / "04_calibration.py", tmp_path, monkeypatch)
+
+
+def test_patching_example_fails_when_ablation_keeps_the_head(tmp_path, monkeypatch):
+    """An ablation that leaves the head's weights in place: only numpy's attention catches it."""
+    from kerasurgery.layers.interventions import AblateUnits
+
+    monkeypatch.setattr(AblateUnits, "call", lambda self, inputs: inputs)
+    with pytest.raises(AssertionError, match="Not equal to tolerance"):
+        run_example(ROOT / "examples" / "10_patching.py", tmp_path, monkeypatch)

@@ -20,6 +20,8 @@ import kerasurgery as ks
 from kerasurgery.ir.schema import copy_graph, input_keys
 from kerasurgery.passes.copy import copy_pass
 from kerasurgery.passes.expose import expose_pass
+from kerasurgery.passes.layer_edits import delete_layer_pass, insert_layer_pass, replace_layer_pass
+from kerasurgery.passes.patch import patch_pass
 from kerasurgery.passes.split import split_activations_pass
 from kerasurgery.passes.taps import insert_taps_pass
 
@@ -49,8 +51,18 @@ def _taps(graph):
     return insert_taps_pass(graph, inner[:3])
 
 
+def _first_call(graph):
+    """The first layer call that is not a model input."""
+    inputs = set(input_keys(graph))
+    return next(k for k in ks.points(graph) if ":" not in k and "[" not in k and k not in inputs and k in graph)
+
+
 PASSES = {
     "expose": lambda g: expose_pass(g, ks.points(g), keep_outputs=True),
+    "insert_layer": lambda g: insert_layer_pass(g, _first_call(g), keras.layers.Identity(name="inserted")),
+    "replace_layer": lambda g: replace_layer_pass(g, _first_call(g), g.nodes[_first_call(g)]["op"]),
+    "delete_layer": lambda g: delete_layer_pass(g, _first_call(g)),
+    "patch": lambda g: patch_pass(g, {_first_call(g): "zero", ks.points(g)[-1]: "input"}),
     "split_activations": lambda g: split_activations_pass(g),
     "insert_taps": _taps,
     "copy": copy_pass,

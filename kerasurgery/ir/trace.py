@@ -38,6 +38,7 @@ import keras
 
 from kerasurgery import keras_internals as internals
 from kerasurgery.errors import ModelError
+from kerasurgery.layers import kinds
 from kerasurgery.layers.traced import CREATION_FUNCTIONS, Creation
 
 
@@ -345,11 +346,18 @@ def trace_call(layer: Any, args: tuple, kwargs: dict, specs: dict[str, tuple[tup
               for i, s in enumerate(slots)}
     call_args = fill(args, inputs)
     call_kwargs = _accepted(layer, fill(kwargs, inputs))
+    # A built-in attention layer without dropout would record one fused dot_product_attention
+    # call; asked for its weights, it records the explicit path (softmax, then the value product).
+    explicit = kinds.is_attention_layer(layer) and not call_kwargs.get("return_attention_scores")
+    if explicit:
+        call_kwargs["return_attention_scores"] = True
     undo = _flash_off()
     anchor = next(iter(inputs.values()), None)
     try:
         with _symbolic_creation(anchor):
             outputs = view.call(*call_args, **call_kwargs)
+            if explicit:
+                outputs = outputs[0]
     except Exception as error:  # anything the layer's code raises: report it, stay closed
         line = _call_line(layer, error)
         reason, fix = _reason(error)
@@ -358,8 +366,8 @@ def trace_call(layer: Any, args: tuple, kwargs: dict, specs: dict[str, tuple[tup
         undo()
     flat = keras.tree.flatten(outputs)
     if not flat or not all(isinstance(t, keras.KerasTensor) for t in flat):
-        kinds = sorted({type(t).__name__ for t in flat})
-        raise TraceError(layer, f"call() returned values that are not computed from its inputs ({kinds})")
+        found = sorted({type(t).__name__ for t in flat})
+        raise TraceError(layer, f"call() returned values that are not computed from its inputs ({found})")
     placeholders = [p for _, p in variables]
     try:
         function = internals.function(list(inputs.values()) + placeholders, outputs)

@@ -10,6 +10,11 @@
 `SizedCall`            a traced call whose constants follow the input sizes
 `VariableRead`         a variable's value, for traced calls that read it
 `NamedCall`            a layer called under a unique name (flat rebuilds)
+`SetValue`,            what `kerasurgery.patch` puts at a point: a stored
+`ZeroValue`,           value, zeros, the batch mean, the value plus a
+`BatchMean`,           vector, the value with masked units zeroed
+`AddVector`,
+`AblateUnits`
 =====================  ======================================================
 
 `kerasurgery.layers.kinds` classifies Keras layers (which offer ``:pre`` or
@@ -19,9 +24,11 @@
 """
 
 from kerasurgery.layers.attention_scores import AttentionScores
+from kerasurgery.layers.interventions import AblateUnits, AddVector, BatchMean, SetValue, ZeroValue
 from kerasurgery.layers.named_outputs import OutputNamedModel
 from kerasurgery.layers.pre_activation import PreActivation
 from kerasurgery.layers.tap import Tap
 from kerasurgery.layers.traced import NamedCall, SizedCall, VariableRead
 
-__all__ = ["AttentionScores", "NamedCall", "OutputNamedModel", "PreActivation", "SizedCall", "Tap", "VariableRead"]
+__all__ = ["AblateUnits", "AddVector", "AttentionScores", "BatchMean", "NamedCall", "OutputNamedModel", "PreActivation",
+           "SetValue", "SizedCall", "Tap", "VariableRead", "ZeroValue"]
