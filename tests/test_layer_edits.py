@@ -147,7 +147,8 @@ REPLACED = {"mlp": "dense_2", "cnn_bn": "sep", "branches": "b", "shared": "share
             "nested_functional": "encoder/inner_dense", "nested_sequential": "block/seq_bn",
             "deep_nested": "mid/leaf/leaf_dense", "siamese": "encoder/proj@0", "multi_io": "da",
             "raw_ops": "dense", "attention": "mha", "dropout": "bn", "sequential_built": "d1",
-            "recurrent": "lstm", "sequential_input": "d2", "masked": "gru", "backbone": "ffn"}
+            "recurrent": "lstm", "sequential_input": "d2", "masked": "gru", "backbone": "ffn",
+            "cross_attention": "cross"}
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))

@@ -77,7 +77,7 @@ INPUT_POINTS = {
     "siamese": ["encoder/proj@1"], "multi_io": ["da", "cat"], "raw_ops": ["add*"],
     "attention": ["mha:scores", "ln"], "dropout": ["drop"], "sequential_built": ["d1"],
     "recurrent": ["lstm[1]", "conv1d:pre"], "sequential_input": ["d1:pre"], "masked": ["bn"],
-    "backbone": ["ffn:pre"],
+    "backbone": ["ffn:pre"], "cross_attention": ["q_proj:pre", "k_proj"],
 }
 
 
@@ -149,7 +149,8 @@ def test_zero_in_nested_and_shared_models_equals_the_layers_called_by_hand():
     kernel, bias = shared.get_layer("shared").get_weights()
     h1 = np.maximum(x @ kernel + bias, 0)  # shared@1:pre zeroed: y = h1 + relu(0)
     np.testing.assert_allclose(predict(ks.patch(shared, {"shared@1:pre": "zero"}), x), h1, atol=1e-6)
-    np.testing.assert_allclose(predict(ks.patch(shared, {"shared@0": "zero"}), x), 2 * np.maximum(bias, 0)[None]
+    # shared@0 zeroed: both of its readers see 0, so y = 0 + relu(0 @ kernel + bias)
+    np.testing.assert_allclose(predict(ks.patch(shared, {"shared@0": "zero"}), x), np.maximum(bias, 0)[None]
                                .repeat(4, 0), atol=1e-6)
 
 
