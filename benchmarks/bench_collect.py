@@ -155,7 +155,7 @@ def bench_passes(model, repeats: int) -> None:
     def plan(fn):
         def make_post(probe, unique):
             return (lambda outputs: {k: fn(outputs[k]) for k in unique}), ()
-        return runner.plan_for(model, None, default="all", tag=("passes", id(fn)), make_post=make_post)
+        return runner.plan_for(model, ks.points(model), tag=("passes", id(fn)), make_post=make_post)
 
     plans = {name: plan(fn) for name, fn in variants.items()}
 

@@ -8,22 +8,27 @@ formula for mean and variance; histograms on a shared power-of-two grid, see
 `kerasurgery.stats.grid`). The same merge combines the statistics of two shards
 into those of the whole.
 
-Cost. Every statistic is a pass over every value of every point, and on a CPU
-a pass costs about a third of the forward pass that produced the value, so
-exact statistics of every point (min, max, mean, variance, zeros and the
-histogram: about 14 passes) cost 4-6 forward passes. Hence `sample`: min,
-max and the counts always see every value (2 passes), while the histogram,
-percentiles, mean, std and zero fraction are computed from at most `sample`
-values of each point per input sample, taken as contiguous blocks (a gather
-that reads only those blocks), spread evenly over the sample and rotating from
-sample to sample so that every position is covered over the dataset. Points
-with fewer values per sample are exact. And where a point is the output of a
-ReLU-family activation layer whose input is also a point, its min and max are
-that function of the input's min and max (exact, and one pass less each).
+What is exact. Count, min, max, mean and variance (and how many values were
+NaN, +inf, -inf) always see every value: sum, min, max and a centred sum of
+squares are four passes over each point. The rest is a pass each, and the
+histogram several: on a CPU one pass costs about a third of the forward pass
+that produced the values, so exact histograms of every point cost 4-6
+forward passes. Hence `sample`: the histogram, percentiles and zero fraction
+are computed from at most `sample` values of each point per input sample,
+taken as contiguous blocks (a gather that reads only those blocks), spread
+evenly over the sample and rotating from sample to sample so that every
+position is covered over the dataset. Points with fewer values per sample
+are exact. And where a point is the output of a ReLU-family activation layer
+whose input is also a point, its min and max are that function of the
+input's min and max (exact, and two passes less).
+
+Non-finite values (NaN, +inf, -inf) are counted per point and left out of
+every other statistic; `calibrate` warns once, naming the points.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import keras
@@ -37,7 +42,8 @@ from kerasurgery.runtime.inputs import adapt, check_batch_size
 from kerasurgery.runtime.loop import run
 from kerasurgery.runtime.plan import plan_for
 from kerasurgery.stats.reduce import Layout, derived_extremes, layout, reduce_all
-from kerasurgery.stats.results import DEFAULT_PERCENTILES, Calibration, PointStats, _Moments
+from kerasurgery.stats.moments import Moments
+from kerasurgery.stats.results import DEFAULT_PERCENTILES, Calibration, PointStats
 
 __all__ = ["DEFAULT_SAMPLE", "calibrate"]
 
@@ -57,7 +63,7 @@ class _Accumulator:
     def __init__(self, bins: int, layouts: dict[str, Layout]):
         self.bins = bins
         self.layouts = layouts
-        self.state: dict[str, _Moments] = {}
+        self.state: dict[str, Moments] = {}
         self.shapes = {k: lay.shape for k, lay in layouts.items()}  # per-sample shapes (None where they vary)
         self.seen: set[str] = set()  # points whose batch shapes were read (non-static ones)
         self.steps = np.array([lay.step for lay in layouts.values()], np.int64)
@@ -89,7 +95,7 @@ class _Accumulator:
                 seen = self.shapes[key] if key in self.seen else shape
                 self.shapes[key] = tuple(a if a == b else None for a, b in zip(seen, shape))
                 self.seen.add(key)
-            batch = _Moments.from_batch(parts)
+            batch = Moments.from_batch(parts)
             self.state[key] = batch if key not in self.state else self.state[key].merge(batch, self.bins)
 
 
@@ -115,12 +121,21 @@ def calibrate(
     never kept, so memory does not grow with the data. Typical use: ranges of
     every pre-activation (``"*:pre"``) for post-training quantization.
 
+    ``count``, ``min``, ``max``, ``mean`` and ``std`` are exact (every value);
+    the histogram, percentiles and zero fraction come from a sample of each
+    large point unless ``sample=None`` (see `sample`). NaN and infinite
+    values are counted (``PointStats.nan``, ``posinf``, ``neginf``) and left
+    out of every other statistic, with one ``UserWarning`` per call naming
+    the points that had them.
+
     Args:
         model: a Functional or Sequential model.
         data: as for `kerasurgery.collect`.
-        points: addresses, globs, list or predicate; None means every address
-            of `kerasurgery.points(model)` (inputs, ``:pre`` and ``:scores``
-            included).
+        points: addresses, globs, list or predicate; None means every layer
+            output (the plain output of every layer and operation: no inputs,
+            no ``:pre`` or ``:scores``), as in `kerasurgery.collect`. Pass
+            ``"*:pre"`` for the pre-activations, ``kerasurgery.points(model)``
+            for every address.
         batch_size: rows per batch for arrays.
         progress: show a progress bar (None: when stdout is a terminal).
         bins: histogram cells per point (and per channel); None: 2048, or
@@ -132,14 +147,14 @@ def calibrate(
         training: run layers in training mode (the model is not changed).
         steps: read at most this many batches.
         sample: values of a point per input sample (all channels together)
-            from which its histogram, percentiles, mean, std and zero
-            fraction are computed (per channel: ``sample // channels``
-            positions, at least one). Points with more are sampled in
-            contiguous blocks spread over the sample, shifted from one input
-            sample to the next so that every position is covered over the
-            dataset. ``min``, ``max`` and ``count`` always see every value.
-            None: every value (exact; on a large model about 3x slower, see
-            docs/performance.md).
+            from which its histogram, percentiles and zero fraction are
+            computed (per channel: ``sample // channels`` positions, at least
+            one). Points with more are sampled in contiguous blocks spread
+            over the sample, shifted from one input sample to the next so
+            that every position is covered over the dataset. ``count``,
+            ``min``, ``max``, ``mean``, ``std`` and the non-finite counts
+            always see every value. None: every value (exact histograms; on
+            a large model about 3x slower, see docs/performance.md).
 
     Returns:
         A `Calibration`: ``{address: PointStats}``.
@@ -186,7 +201,7 @@ def calibrate(
         return post, (((3, int(offsets[-1])), "float32"), ((None, len(unique)), "int32"))
 
     tag = ("stats", bins, per_channel, channel_axis, sample)
-    plan = plan_for(model, points, training=training, default="all", tag=tag, make_post=make_post)
+    plan = plan_for(model, points, training=training, tag=tag, make_post=make_post)
     lays = layouts(plan.probe, plan.unique)
     source = adapt(data, plan.probe, batch_size=batch_size, steps=steps)
     sink = _Accumulator(bins, lays)
@@ -199,4 +214,21 @@ def calibrate(
             channel_axis=lays[key].axis, bins=bins, samples=samples, moments=sink.state[key], percentiles=qs,
             sample=sample,
         )
+    _warn_non_finite(result)
     return result
+
+
+def _warn_non_finite(result: Calibration, shown: int = 8) -> None:
+    """One `UserWarning` naming the points that had NaN or infinite values, with their counts."""
+    bad = {a: s for a, s in result.items() if np.sum(s.finite) < s.count * np.size(s.finite)}
+    if not bad:
+        return
+    described = [f"{a!r} ({int(np.sum(s.nan))} NaN, {int(np.sum(s.posinf))} +inf, {int(np.sum(s.neginf))} -inf)"
+                 for a, s in list(bad.items())[:shown]]
+    more = f" and {len(bad) - shown} more" if len(bad) > shown else ""
+    warnings.warn(
+        f"calibrate: {len(bad)} point(s) of model {result.model!r} had values that are not finite: "
+        f"{', '.join(described)}{more}. Their min, max, mean, std, zeros, histogram and percentiles "
+        "describe the finite values only; the counts are in PointStats.nan, .posinf and .neginf.",
+        UserWarning, stacklevel=3,
+    )

@@ -4,9 +4,15 @@ Each point gets a `Layout` once, from its static shape: its channel axis,
 and, when it is sampled, which contiguous blocks of each input sample are
 gathered (spread evenly over the sample and rotating from sample to sample so
 that every position is covered over the dataset). `reduce_all` then turns a
-batch of every point into a few numbers per point with `keras.ops`: min and
-max of every value, mean, variance, zeros and a histogram (on the grid of
-`kerasurgery.stats.grid`) of the sampled values.
+batch of every point into a few numbers per point with `keras.ops`: over
+every value, the count, min, max, mean and centred sum of squares (of the
+finite values) and how many values were NaN, +inf and -inf; over the sampled
+values, the exact zeros and a histogram of the finite ones (on the grid of
+`kerasurgery.stats.grid`).
+
+Non-finite values cost nothing while there are none: a point's values are
+summed first, and only a batch whose sums are not finite takes the slower
+path that masks them out (`ops.cond`).
 """
 
 from __future__ import annotations
@@ -182,12 +188,12 @@ def _columns(reduce: Any, v: Any, fold: int) -> Any:
     return reduce(v, axis=0)
 
 
-def _extremes(x: Any, lay: Layout) -> tuple[Any, Any]:
-    """Exact min and max of every value of `x` (channels last), per channel or whole."""
-    if lay.axis is None:
-        return ops.reshape(ops.min(x), (1,)), ops.reshape(ops.max(x), (1,))
-    rows = ops.reshape(x, (-1, lay.channels))
-    return _columns(ops.min, rows, lay.fold), _columns(ops.max, rows, lay.fold)
+def _over_rows(reduce: Any, rows: Any, per_channel: bool, fold: int) -> Any:
+    """`reduce` over the rows of a ``(rows, channels)`` tensor: shape ``(channels,)``
+    per channel, or ``(1,)`` for the whole tensor (one full reduction)."""
+    if not per_channel:
+        return ops.reshape(reduce(rows), (1,))
+    return _columns(reduce, rows, fold)
 
 
 def _gather(x: Any, lay: Layout, offsets: Any) -> Any:
@@ -204,41 +210,108 @@ def _gather(x: Any, lay: Layout, offsets: Any) -> Any:
     return ops.reshape(ops.take(blocks, index, axis=0), (-1, lay.channels))
 
 
-def _reduce(t: Any, lay: Layout, offsets: Any, extremes: tuple | None = None) -> tuple:
+def _all_finite(rows: Any, lay: Layout, total: Any, extremes: tuple | None) -> dict:
+    """The exact statistics of every value when all of them are finite.
+
+    `total` is their sum (already computed); the variance is the centred
+    sum of squares about this batch's mean. `extremes`, if given, is the
+    point's ``(min, max)`` (see `derived_extremes`).
+    """
+    per_channel = lay.axis is not None
+    mean = total / ops.cast(ops.shape(rows)[0], "float32")
+    m2 = _over_rows(ops.sum, ops.square(rows - mean), per_channel, lay.fold)
+    if extremes is None:
+        extremes = (_over_rows(ops.min, rows, per_channel, lay.fold), _over_rows(ops.max, rows, per_channel, lay.fold))
+    none = ops.zeros((lay.channels,), "int32")
+    return {"min": extremes[0], "max": extremes[1], "mean": mean, "m2": m2, "nan": none, "posinf": none,
+            "neginf": none}
+
+
+def _finite_only(rows: Any, lay: Layout) -> dict:
+    """The exact statistics of the finite values, and how many values were NaN, +inf, -inf.
+
+    Only run for a batch with a non-finite value (see `_point`): it costs
+    several more passes than `_all_finite`.
+    """
+    per_channel = lay.axis is not None
+
+    def over(reduce: Any, v: Any) -> Any:
+        return _over_rows(reduce, v, per_channel, lay.fold)
+
+    def how_many(mask: Any) -> Any:
+        return over(ops.sum, ops.cast(mask, "int32"))
+
+    finite = ops.isfinite(rows)
+    n = how_many(finite)
+    mean = over(ops.sum, ops.where(finite, rows, 0.0)) / ops.cast(ops.maximum(n, 1), "float32")
+    return {
+        "min": over(ops.min, ops.where(finite, rows, float("inf"))),
+        "max": over(ops.max, ops.where(finite, rows, float("-inf"))),
+        "mean": mean,
+        "m2": over(ops.sum, ops.where(finite, ops.square(rows - mean), 0.0)),
+        "nan": how_many(ops.isnan(rows)),
+        "posinf": how_many(ops.equal(rows, float("inf"))),
+        "neginf": how_many(ops.equal(rows, float("-inf"))),
+    }
+
+
+@dataclasses.dataclass
+class _Point:
+    """One point reduced in the graph, but for its histogram.
+
+    Attributes:
+        values: the rows ``(n, channels)`` the sampled statistics describe
+            (all of them, or the sample).
+        stats: ``count`` (values per channel), ``sampled`` (rows of
+            `values`), ``min``, ``max``, ``mean``, ``m2``, ``nan``,
+            ``posinf``, ``neginf`` (over every value; see `_all_finite` and
+            `_finite_only`), ``zeros`` (of `values`) and, only where the
+            per-sample shape is not static, ``shape`` (this batch's shape).
+        clean: scalar bool, True if every value of this batch is finite.
+    """
+
+    values: Any
+    stats: dict
+    clean: Any
+
+
+def _point(t: Any, lay: Layout, offsets: Any, source: _Point | None = None, fn: Any = None) -> _Point:
     """In-graph reductions of one point, but for the histogram.
 
-    Returns ``(values, stats)``: `values` the rows ``(n, channels)`` the
-    distribution statistics describe (all, or the sample), and `stats` a dict
-    with ``count`` (rows seen by min and max: all of them), ``n``, ``min``,
-    ``max``, ``mean``, ``var``, ``zeros`` and, only where the per-sample shape
-    is not static, ``shape`` (this batch's shape).
-    `extremes`, if given, is the point's exact ``(min, max)`` (see
-    `_derived_extremes`).
+    Every value is summed first; if the sums are finite, so is every value
+    and the cheap `_all_finite` statistics hold, otherwise `_finite_only`
+    runs instead (an ``ops.cond``: clean data never pays for it).
+    If `source` is given, this point's min and max are ``fn`` of the
+    source point's (see `derived_extremes`), which holds when both are clean.
     """
     x = ops.cast(t, "float32")
     if lay.axis is not None and lay.axis != len(t.shape) - 1:
         x = ops.moveaxis(x, lay.axis, -1)
-    lo, hi = _extremes(x, lay) if extremes is None else extremes
-    everything = ops.reshape(x, (-1, lay.channels))
+    rows = ops.reshape(x, (-1, lay.channels))
+    total = _over_rows(ops.sum, rows, lay.axis is not None, lay.fold)
+    clean = ops.all(ops.isfinite(total))
+    extremes, fast = None, clean
+    if source is not None:
+        extremes = (fn(source.stats["min"]), fn(source.stats["max"]))
+        fast = ops.logical_and(clean, source.clean)
+    every = _all_finite(rows, lay, total, extremes)
+    exact = ops.cond(fast, lambda: every, lambda: _finite_only(rows, lay))
     if lay.sampled:
         values, fold = _gather(x, lay, offsets), lay.sample_fold
     else:
-        values, fold = everything, lay.fold
-    n = ops.shape(values)[0]
-    mean = _columns(ops.sum, values, fold) / ops.cast(n, "float32")
-    var = _columns(ops.sum, ops.square(values - mean), fold) / ops.cast(n, "float32")
-    zeros = _columns(ops.sum, ops.cast(ops.equal(values, 0.0), "int32"), fold)
-    count = ops.cast(ops.shape(everything)[0], "int32")
-    stats = {"count": count, "n": ops.cast(n, "int32"), "min": lo, "max": hi, "mean": mean, "var": var, "zeros": zeros}
+        values, fold = rows, lay.fold
+    zeros = _over_rows(ops.sum, ops.cast(ops.equal(values, 0.0), "int32"), lay.axis is not None, fold)
+    stats = {"count": ops.cast(ops.shape(rows)[0], "int32"), "sampled": ops.cast(ops.shape(values)[0], "int32"),
+             **exact, "zeros": zeros}
     if lay.rows is None:  # the shape of this batch, only where the per-sample shape is not static
         stats["shape"] = ops.stack([ops.cast(d, "int32") for d in ops.shape(t)])
-    return values, stats
+    return _Point(values, stats, clean)
 
 
 def reduce_all(outputs: dict, lays: dict[str, Layout], derived: dict, bins: int, running: Any,
                 first: Any) -> dict:
     """In-graph statistics of every point: ``{key: stats}`` with the keys of
-    `_reduce` plus the histogram's ``exponent``, ``start`` and ``counts``.
+    `_Point.stats` plus the histogram's ``exponent``, ``start`` and ``counts``.
 
     The histogram windows of all points are computed together, on their
     concatenated ranges (one set of small ops instead of one per point).
@@ -246,30 +319,31 @@ def reduce_all(outputs: dict, lays: dict[str, Layout], derived: dict, bins: int,
     concatenated; `first` ``(rows, points)``: the first gathered block of
     each input sample (see `_gather`).
     """
-    reduced: dict = {}
+    reduced: dict[str, _Point] = {}
     position = {k: j for j, k in enumerate(lays)}
 
-    def reduce(k: str) -> tuple:
+    def reduce(k: str) -> _Point:
         if k not in reduced:
-            extremes = None
-            if k in derived:
-                source, fn = derived[k]
-                lo, hi = reduce(source)[1]["min"], reduce(source)[1]["max"]
-                extremes = (fn(lo), fn(hi))
-            reduced[k] = _reduce(outputs[k], lays[k], first[:, position[k]], extremes)
+            source, fn = derived.get(k, (None, None))
+            reduced[k] = _point(outputs[k], lays[k], first[:, position[k]],
+                                None if source is None else reduce(source), fn)
         return reduced[k]
 
     for k in lays:
         reduce(k)
-    lo = ops.concatenate([reduced[k][1]["min"] for k in lays], axis=0)
-    hi = ops.concatenate([reduced[k][1]["max"] for k in lays], axis=0)
+    lo = ops.concatenate([reduced[k].stats["min"] for k in lays], axis=0)
+    hi = ops.concatenate([reduced[k].stats["max"] for k in lays], axis=0)
     e, start, inv = grid.window(lo, hi, bins, (running[0], running[1], running[2]))
     result = {}
     at = 0
     for k, lay in lays.items():
-        values, stats = reduced[k]
+        point = reduced[k]
         part = slice(at, at + lay.channels)
         at += lay.channels
-        counts = grid.count(values, inv[part], start[part], bins)
-        result[k] = {**stats, "exponent": e[part], "start": start[part], "counts": counts}
+
+        def counts(finite_only: bool) -> Any:
+            return grid.count(point.values, inv[part], start[part], bins, finite_only=finite_only)
+
+        histogram = ops.cond(point.clean, lambda: counts(False), lambda: counts(True))  # called at once
+        result[k] = {**point.stats, "exponent": e[part], "start": start[part], "counts": histogram}
     return result
