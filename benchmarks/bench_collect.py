@@ -35,6 +35,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's kerasurgery
 
 import keras
 import numpy as np
@@ -252,6 +253,8 @@ def main() -> None:
         print(json.dumps(memory_worker(args.memory_worker[0], int(args.memory_worker[1]))))
         return
     repeats = 3 if args.quick else 5
+    print(f"kerasurgery from {os.path.dirname(ks.__file__)}, Keras backend {keras.backend.backend()}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     model = mobilenet()
     if args.only in (None, "collect"):
         bench_collect(model, repeats, per_layer=not (args.quick or args.skip_per_layer))

@@ -222,15 +222,14 @@ class TestMerge:
         for address, s in sampled.items():  # sampled shards: exact ranges, counts and moments
             assert (s.min, s.max, s.count, s.samples) == (whole[address].min, whole[address].max,
                                                           whole[address].count, 24)
-            np.testing.assert_allclose([s.mean, s.std], [whole[address].mean, whole[address].std], rtol=1e-6,
-                                       atol=1e-6 * whole[address].std)
+            np.testing.assert_allclose([s.mean, s.std], [whole[address].mean, whole[address].std], rtol=1e-9,
+                                       atol=1e-12)
             assert s.histogram[0].sum() == s.sampled <= s.count
         for address, s in whole.items():
             m = merged[address]
             assert m.samples == 24 and m.count == s.count
             assert (m.min, m.max, m.zeros) == (s.min, s.max, s.zeros)
-            # float32 rounding: batches take their deviations from different shifts (the running mean)
-            np.testing.assert_allclose([m.mean, m.std], [s.mean, s.std], rtol=1e-6, atol=1e-6 * s.std)
+            np.testing.assert_allclose([m.mean, m.std], [s.mean, s.std], rtol=1e-9, atol=1e-12)
             np.testing.assert_array_equal(m.histogram[0], s.histogram[0])
             np.testing.assert_array_equal(m.histogram[1], s.histogram[1])
 

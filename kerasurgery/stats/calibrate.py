@@ -54,11 +54,10 @@ class _Accumulator:
     """The sink of `calibrate`: merges each batch's reductions (nothing else is kept).
 
     Its `extra(start, rows)` gives the step, for the batch of input samples
-    ``start .. start + rows``: every point's running ``(lo, hi, e, mean)``
-    packed into one ``(4, channels)`` array, so that batches usually land on
-    the running histogram windows and deviations are taken from a shift near
-    the mean; and the first gathered block of every sampled point for each
-    input sample, ``(rows, points)``.
+    ``start .. start + rows``: every point's running ``(lo, hi, e)`` packed
+    into one ``(3, channels)`` array, so that batches usually land on the
+    running histogram windows; and the first gathered block of every sampled
+    point for each input sample, ``(rows, points)``.
     """
 
     def __init__(self, bins: int, layouts: dict[str, Layout]):
@@ -82,10 +81,9 @@ class _Accumulator:
             m = self.state.get(key)
             if m is None:
                 c = lay.channels
-                parts.append(np.array([[np.inf] * c, [-np.inf] * c, [-np.inf] * c, [np.nan] * c], np.float32))
+                parts.append(np.array([[np.inf] * c, [-np.inf] * c, [-np.inf] * c], np.float32))
             else:
-                mean = np.where(m.finite > 0, m.mean, np.nan)
-                parts.append(np.stack([m.low, m.high, m.exponent, mean]).astype(np.float32))
+                parts.append(np.stack([m.low, m.high, m.exponent]).astype(np.float32))
         index = np.arange(start, start + rows, dtype=np.int64)[:, None]
         offsets = (index % self.blocks) * self.steps % self.blocks
         return np.concatenate(parts, axis=1), offsets.astype(np.int32)
@@ -200,7 +198,7 @@ def calibrate(
         def post(outputs: dict, running: Any, first: Any) -> dict:
             return reduce_all(outputs, lays, derived, bins, running, first)
 
-        return post, (((4, int(offsets[-1])), "float32"), ((None, len(unique)), "int32"))
+        return post, (((3, int(offsets[-1])), "float32"), ((None, len(unique)), "int32"))
 
     tag = ("stats", bins, per_channel, channel_axis, sample)
     plan = plan_for(model, points, training=training, tag=tag, make_post=make_post)

@@ -12,25 +12,23 @@
   `start`, `counts`).
 
 `from_batch` reads one batch's in-graph reductions (a dict with named keys,
-see `kerasurgery.stats.reduce`): the sum and the sum of squares of the
-deviations of the finite values from a shift near their mean, which give
-the mean and m2 in float64 without cancellation. `merge` combines two (Chan's
-parallel formula for mean and m2, the exact merge of `grid.merge` for the
-histogram), so batches, and shards, merge into the statistics of the whole
-whatever the order.
+see `kerasurgery.stats.reduce`): the sum of the finite values and the sum
+of their squared deviations from the batch's mean (centred in the graph, so
+no cancellation). `merge` combines two (Chan's parallel formula for mean and
+m2, the exact merge of `grid.merge` for the histogram), so batches, and
+shards, merge into the statistics of the whole whatever the order.
 
 Example:
     >>> import numpy as np
     >>> from kerasurgery.stats.moments import Moments
-    >>> def batch(values, shift):
+    >>> def batch(values):
     ...     v = np.asarray(values, np.float64)[:, None]
     ...     finite = v[np.isfinite(v)]
     ...     return {"count": len(v), "sampled": len(v), "min": [finite.min()], "max": [finite.max()],
-    ...             "shift": [shift], "shifted_sum": [(finite - shift).sum()],
-    ...             "shifted_squares": [((finite - shift) ** 2).sum()],
+    ...             "sum": [finite.sum()], "m2": [((finite - finite.mean()) ** 2).sum()],
     ...             "nan": [np.isnan(v).sum()], "posinf": [(v == np.inf).sum()], "neginf": [0],
     ...             "zeros": [(v == 0).sum()], "exponent": [0], "start": [0], "counts": [[0] * 4]}
-    >>> m = Moments.from_batch(batch([1.0, 2.0, np.nan], 1.0)).merge(Moments.from_batch(batch([3.0, np.inf], 2.0)), 4)
+    >>> m = Moments.from_batch(batch([1.0, 2.0, np.nan])).merge(Moments.from_batch(batch([3.0, np.inf])), bins=4)
     >>> m.count, m.finite.tolist(), m.nan.tolist(), m.posinf.tolist(), m.mean.tolist(), (m.m2 / m.finite).tolist()
     (5, [3], [1], [1], [2.0], [0.6666666666666666])
 """
@@ -97,13 +95,11 @@ class Moments:
         nan, posinf, neginf = get("nan", np.int64), get("posinf", np.int64), get("neginf", np.int64)
         finite = count - nan - posinf - neginf
         n = np.maximum(finite, 1)
-        shift, total, squares = get("shift", np.float64), get("shifted_sum", np.float64), get("shifted_squares", np.float64)
-        some = finite > 0  # a channel without finite values has no mean (and its shift may be NaN)
+        some = finite > 0  # a channel without finite values has no mean
         return cls(
             count=count, nan=nan, posinf=posinf, neginf=neginf,
             low=get("min", np.float64), high=get("max", np.float64),
-            mean=np.where(some, shift + total / n, 0.0),
-            m2=np.where(some, np.maximum(squares - total * total / n, 0.0), 0.0),
+            mean=np.where(some, get("sum", np.float64) / n, 0.0), m2=np.where(some, get("m2", np.float64), 0.0),
             sampled=int(get("sampled", np.int64)[0]), zeros=get("zeros", np.int64),
             exponent=_int(get("exponent", np.float64)), start=_int(get("start", np.float64)),
             counts=np.atleast_2d(get("counts", np.int64)),

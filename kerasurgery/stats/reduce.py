@@ -5,15 +5,15 @@ and, when it is sampled, which contiguous blocks of each input sample are
 gathered (spread evenly over the sample and rotating from sample to sample so
 that every position is covered over the dataset). `reduce_all` then turns a
 batch of every point into a few numbers per point with `keras.ops`: over
-every value, the count, min, max, and the sum and sum of squares of the
-deviations from a shift near the mean (of the finite values), and how many
-values were NaN, +inf and -inf; over the sampled
+every value, the count, min, max, sum, and sum of squares centred on the
+batch's mean (of the finite values), and how many values were NaN, +inf and
+-inf; over the sampled
 values, the exact zeros and a histogram of the finite ones (on the grid of
 `kerasurgery.stats.grid`).
 
-Non-finite values cost nothing while there are none: a point's deviations
-are summed first, and only a batch whose sums are not finite takes the
-slower path that masks them out (`ops.cond`).
+Non-finite values cost nothing while there are none: a point's values are
+summed first, and only a batch whose sums are not finite takes the slower
+path that masks them out (`ops.cond`).
 """
 
 from __future__ import annotations
@@ -211,23 +211,23 @@ def _gather(x: Any, lay: Layout, offsets: Any) -> Any:
     return ops.reshape(ops.take(blocks, index, axis=0), (-1, lay.channels))
 
 
-def _all_finite(rows: Any, lay: Layout, shift: Any, deviations: Any, shifted_sum: Any,
-                extremes: tuple | None) -> dict:
+def _all_finite(rows: Any, lay: Layout, total: Any, extremes: tuple | None) -> dict:
     """The exact statistics of every value when all of them are finite.
 
-    The moments are sums of the `deviations` from `shift` (``rows - shift``,
-    `shifted_sum` already computed): with a shift near the mean there is no
-    cancellation, and the host turns them into the mean and the centred sum
-    of squares in float64 (`kerasurgery.stats.moments`). `extremes`, if
-    given, is the point's ``(min, max)`` (see `derived_extremes`).
+    `total` is their sum (already computed); ``m2``, the sum of squared
+    deviations from this batch's mean (``Sub`` then ``Square`` with no other
+    consumer: TensorFlow fuses them into one ``SquaredDifference`` pass).
+    `extremes`, if given, is the point's ``(min, max)`` (see
+    `derived_extremes`).
     """
     per_channel = lay.axis is not None
+    mean = total / ops.cast(ops.maximum(ops.shape(rows)[0], 1), "float32")
     if extremes is None:
         extremes = (_over_rows(ops.min, rows, per_channel, lay.fold), _over_rows(ops.max, rows, per_channel, lay.fold))
     none = ops.zeros((lay.channels,), "int32")
     return {
-        "min": extremes[0], "max": extremes[1], "shift": shift, "shifted_sum": shifted_sum,
-        "shifted_squares": _over_rows(ops.sum, ops.square(deviations), per_channel, lay.fold),
+        "min": extremes[0], "max": extremes[1], "sum": total,
+        "m2": _over_rows(ops.sum, ops.square(rows - mean), per_channel, lay.fold),
         "nan": none, "posinf": none, "neginf": none,
     }
 
@@ -236,8 +236,7 @@ def _finite_only(rows: Any, lay: Layout) -> dict:
     """The exact statistics of the finite values, and how many values were NaN, +inf, -inf.
 
     Only run for a batch with a non-finite value (see `_point`): it costs
-    several more passes than `_all_finite`. The shift is the finite values'
-    float32 mean.
+    several more passes than `_all_finite`.
     """
     per_channel = lay.axis is not None
 
@@ -248,14 +247,13 @@ def _finite_only(rows: Any, lay: Layout) -> dict:
         return over(ops.sum, ops.cast(mask, "int32"))
 
     finite = ops.isfinite(rows)
-    shift = over(ops.sum, ops.where(finite, rows, 0.0)) / ops.cast(ops.maximum(how_many(finite), 1), "float32")
-    deviations = ops.where(finite, rows - shift, 0.0)
+    total = over(ops.sum, ops.where(finite, rows, 0.0))
+    mean = total / ops.cast(ops.maximum(how_many(finite), 1), "float32")
     return {
         "min": over(ops.min, ops.where(finite, rows, float("inf"))),
         "max": over(ops.max, ops.where(finite, rows, float("-inf"))),
-        "shift": shift,
-        "shifted_sum": over(ops.sum, deviations),
-        "shifted_squares": over(ops.sum, ops.square(deviations)),
+        "sum": total,
+        "m2": over(ops.sum, ops.where(finite, ops.square(rows - mean), 0.0)),
         "nan": how_many(ops.isnan(rows)),
         "posinf": how_many(ops.equal(rows, float("inf"))),
         "neginf": how_many(ops.equal(rows, float("-inf"))),
@@ -270,9 +268,9 @@ class _Point:
         values: the rows ``(n, channels)`` the sampled statistics describe
             (all of them, or the sample).
         stats: ``count`` (values per channel), ``sampled`` (rows of
-            `values`), ``min``, ``max``, ``shift``, ``shifted_sum``,
-            ``shifted_squares``, ``nan``, ``posinf``, ``neginf`` (over every
-            value; see `_all_finite` and
+            `values`), ``min``, ``max``, ``sum``, ``m2``, ``nan``,
+            ``posinf``, ``neginf`` (over every value, the finite ones for
+            the others; see `_all_finite` and
             `_finite_only`), ``zeros`` (of `values`) and, only where the
             per-sample shape is not static, ``shape`` (this batch's shape).
         clean: scalar bool, True if every value of this batch is finite.
@@ -283,12 +281,10 @@ class _Point:
     clean: Any
 
 
-def _point(t: Any, lay: Layout, offsets: Any, pivot: Any, source: _Point | None = None, fn: Any = None) -> _Point:
+def _point(t: Any, lay: Layout, offsets: Any, source: _Point | None = None, fn: Any = None) -> _Point:
     """In-graph reductions of one point, but for the histogram.
 
-    The deviations of every value from a shift are summed first: the running
-    mean `pivot` (``(channels,)``; NaN before the first batch, where the
-    first row of the batch serves). If the sums are finite, so is every value
+    Every value is summed first; if the sums are finite, so is every value
     and the cheap `_all_finite` statistics hold, otherwise `_finite_only`
     runs instead (an ``ops.cond``: clean data never pays for it).
     If `source` is given, this point's min and max are ``fn`` of the
@@ -298,15 +294,13 @@ def _point(t: Any, lay: Layout, offsets: Any, pivot: Any, source: _Point | None 
     if lay.axis is not None and lay.axis != len(t.shape) - 1:
         x = ops.moveaxis(x, lay.axis, -1)
     rows = ops.reshape(x, (-1, lay.channels))
-    shift = ops.where(ops.isnan(pivot), ops.sum(rows[:1], axis=0), pivot)  # (the sum of no row is 0)
-    deviations = rows - shift
-    shifted_sum = _over_rows(ops.sum, deviations, lay.axis is not None, lay.fold)
-    clean = ops.all(ops.isfinite(shifted_sum))
+    total = _over_rows(ops.sum, rows, lay.axis is not None, lay.fold)
+    clean = ops.all(ops.isfinite(total))
     extremes, fast = None, clean
     if source is not None:
         extremes = (fn(source.stats["min"]), fn(source.stats["max"]))
         fast = ops.logical_and(clean, source.clean)
-    every = _all_finite(rows, lay, shift, deviations, shifted_sum, extremes)
+    every = _all_finite(rows, lay, total, extremes)
     exact = ops.cond(fast, lambda: every, lambda: _finite_only(rows, lay))
     if lay.sampled:
         values, fold = _gather(x, lay, offsets), lay.sample_fold
@@ -327,10 +321,9 @@ def reduce_all(outputs: dict, lays: dict[str, Layout], derived: dict, bins: int,
 
     The histogram windows of all points are computed together, on their
     concatenated ranges (one set of small ops instead of one per point).
-    `running` is ``(4, channels)``: every point's running ``(lo, hi, e,
-    mean)``, concatenated (mean NaN where nothing finite was seen yet);
-    `first` ``(rows, points)``: the first gathered block of each input
-    sample (see `_gather`).
+    `running` is ``(3, channels)``: every point's running ``(lo, hi, e)``,
+    concatenated; `first` ``(rows, points)``: the first gathered block of
+    each input sample (see `_gather`).
     """
     parts, at = {}, 0
     for k, lay in lays.items():
@@ -342,7 +335,7 @@ def reduce_all(outputs: dict, lays: dict[str, Layout], derived: dict, bins: int,
     def reduce(k: str) -> _Point:
         if k not in reduced:
             source, fn = derived.get(k, (None, None))
-            reduced[k] = _point(outputs[k], lays[k], first[:, position[k]], running[3][parts[k]],
+            reduced[k] = _point(outputs[k], lays[k], first[:, position[k]],
                                 None if source is None else reduce(source), fn)
         return reduced[k]
 
