@@ -125,6 +125,18 @@ class TestAgainstNumpy:
         assert stats["act"].min == 0.0 and stats["act"].neginf == 0
 
 
+    @pytest.mark.backend
+    def test_batches_reduced_again_see_the_current_weights(self):
+        """A poisoned batch runs through a second compiled step: it too must see new weights."""
+        model, data = model_of_activations(), planted()
+        calibrate_quietly(model, data, "d", batch_size=5)
+        dense = model.get_layer("d")
+        dense.set_weights([w * 3.0 + 1.0 for w in dense.get_weights()])
+        stats = calibrate_quietly(model, data, "d", batch_size=5)
+        acts = ks.collect(model, data, "d", batch_size=5, progress=False)
+        assert_finite_statistics(stats["d"], acts["d"], per_channel=False)
+
+
 class TestReporting:
     def test_one_warning_per_call_naming_points_and_counts(self):
         model, data = model_of_activations(), planted()

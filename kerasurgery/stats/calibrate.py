@@ -29,6 +29,7 @@ every other statistic; `calibrate` warns once, naming the points.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
@@ -38,7 +39,7 @@ from kerasurgery.address.selector import Selector
 from kerasurgery.checks import is_int, optional_positive_int, positive_int
 from kerasurgery.errors import DataError
 from kerasurgery.runtime import backend
-from kerasurgery.runtime.inputs import adapt, check_batch_size
+from kerasurgery.runtime.inputs import Source, adapt, check_batch_size, pack
 from kerasurgery.runtime.loop import run
 from kerasurgery.runtime.plan import plan_for
 from kerasurgery.stats.reduce import Layout, derived_extremes, layout, reduce_all
@@ -50,6 +51,28 @@ __all__ = ["DEFAULT_SAMPLE", "calibrate"]
 DEFAULT_SAMPLE = 256
 
 
+class _Replayable:
+    """A `Source` that keeps each batch until `take` hands it back, so that a
+    batch can run again (`run` has at most two batches in flight)."""
+
+    def __init__(self, source: Source):
+        self.source = source
+        self.kept: dict[int, list[np.ndarray]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.source, name)
+
+    def __iter__(self) -> Iterator[list[np.ndarray]]:
+        start = 0
+        for arrays in self.source:
+            self.kept[start] = arrays
+            yield arrays
+            start += int(arrays[0].shape[0])
+
+    def take(self, start: int) -> list[np.ndarray]:
+        return self.kept.pop(start)
+
+
 class _Accumulator:
     """The sink of `calibrate`: merges each batch's reductions (nothing else is kept).
 
@@ -58,11 +81,18 @@ class _Accumulator:
     into one ``(3, channels)`` array, so that batches usually land on the
     running histogram windows; and the first gathered block of every sampled
     point for each input sample, ``(rows, points)``.
+
+    A batch whose sums are not finite has a NaN or an infinity somewhere: its
+    reductions are thrown away and `again(arrays, extra)` reduces it again,
+    leaving those values out (``reduce_all(..., finite_only=True)``).
     """
 
-    def __init__(self, bins: int, layouts: dict[str, Layout]):
+    def __init__(self, bins: int, layouts: dict[str, Layout], source: _Replayable,
+                 again: Callable[[list, tuple], dict]):
         self.bins = bins
         self.layouts = layouts
+        self.source = source
+        self.again = again
         self.state: dict[str, Moments] = {}
         self.shapes = {k: lay.shape for k, lay in layouts.items()}  # per-sample shapes (None where they vary)
         self.seen: set[str] = set()  # points whose batch shapes were read (non-static ones)
@@ -89,6 +119,9 @@ class _Accumulator:
         return np.concatenate(parts, axis=1), offsets.astype(np.int32)
 
     def write(self, start: int, rows: int, outputs: dict) -> None:
+        arrays = self.source.take(start)
+        if not all(np.all(np.isfinite(backend.as_numpy(parts["sum"]))) for parts in outputs.values()):
+            outputs = self.again(arrays, self.extra(start, rows))
         for key, parts in outputs.items():
             if "shape" in parts:  # a shape that is not static: keep the dims every batch agrees on
                 shape = tuple(int(d) for d in backend.as_numpy(parts["shape"])[1:])
@@ -189,22 +222,33 @@ def calibrate(
     def layouts(probe: keras.Model, unique: list[str]) -> dict[str, Layout]:
         return {k: layout(probe.output[k], per_channel, channel_axis, sample) for k in unique}
 
-    def make_post(probe: keras.Model, unique: list[str]) -> tuple:
+    def make_post(probe: keras.Model, unique: list[str], finite_only: bool = False) -> tuple:
         lays = layouts(probe, unique)
         offsets = np.cumsum([0, *(lay.channels for lay in lays.values())])
-
-        derived = derived_extremes(probe, lays)
+        derived = {} if finite_only else derived_extremes(probe, lays)
 
         def post(outputs: dict, running: Any, first: Any) -> dict:
-            return reduce_all(outputs, lays, derived, bins, running, first)
+            return reduce_all(outputs, lays, derived, bins, running, first, finite_only=finite_only)
 
         return post, (((3, int(offsets[-1])), "float32"), ((None, len(unique)), "int32"))
 
     tag = ("stats", bins, per_channel, channel_axis, sample)
     plan = plan_for(model, points, training=training, tag=tag, make_post=make_post)
+    # the same points reduced leaving NaN and infinities out: run only on a batch that has some
+    careful = plan_for(model, plan.addresses, training=training, tag=(*tag, "finite only"),
+                       make_post=lambda probe, unique: make_post(probe, unique, finite_only=True))
+    started = False
+
+    def again(arrays: list, extra: tuple) -> dict:
+        nonlocal started
+        if not started:  # (re)reads the model's current variables
+            careful.step.start()
+            started = True
+        return careful.step(pack(careful.probe, arrays), *extra)
+
     lays = layouts(plan.probe, plan.unique)
-    source = adapt(data, plan.probe, batch_size=batch_size, steps=steps)
-    sink = _Accumulator(bins, lays)
+    source = _Replayable(adapt(data, plan.probe, batch_size=batch_size, steps=steps))
+    sink = _Accumulator(bins, lays, source, again)
     samples = run(plan, source, sink, progress=progress)
     result = Calibration(model=model.name)
     for address, key in plan.keys.items():

@@ -12,8 +12,9 @@ values, the exact zeros and a histogram of the finite ones (on the grid of
 `kerasurgery.stats.grid`).
 
 Non-finite values cost nothing while there are none: every point's values
-are summed anyway, and only a batch where a sum is not finite takes the
-slower path that masks them out (one `ops.cond` for the batch).
+are summed anyway, and only a batch where a sum is not finite is reduced
+again, by a second compiled step, with the reductions that leave them out
+(``reduce_all(..., finite_only=True)``; see `kerasurgery.stats.calibrate`).
 """
 
 from __future__ import annotations
@@ -235,8 +236,8 @@ def _all_finite(rows: Any, lay: Layout, total: Any, extremes: tuple | None) -> d
 def _finite_only(rows: Any, lay: Layout) -> dict:
     """The exact statistics of the finite values, and how many values were NaN, +inf, -inf.
 
-    Only run for a batch with a non-finite value (see `reduce_all`): it
-    costs several more passes than `_all_finite`.
+    Only run again for a batch with a non-finite value (see `reduce_all`):
+    it costs several more passes than `_all_finite`.
     """
     per_channel = lay.axis is not None
 
@@ -262,95 +263,88 @@ def _finite_only(rows: Any, lay: Layout) -> dict:
 
 @dataclasses.dataclass
 class _Point:
-    """One point reduced in the graph, before the batch is known to be finite.
+    """One point reduced in the graph, but for its histogram.
 
     Attributes:
-        rows: every value, ``(n, channels)``.
-        values: the rows the sampled statistics describe (all, or the sample).
-        total: the sum of every value, ``(channels,)``: finite if and only if
-            every value is (but for float32 overflow).
-        fast: the `_all_finite` statistics (``min``, ``max``, ``sum``,
-            ``m2``, ``nan``, ``posinf``, ``neginf``).
+        values: the rows ``(n, channels)`` the sampled statistics describe
+            (all of them, or the sample).
         stats: ``count`` (values per channel), ``sampled`` (rows of
-            `values`), ``zeros`` (of `values`) and, only where the
+            `values`), ``min``, ``max``, ``sum``, ``m2`` (of the finite
+            values), ``nan``, ``posinf``, ``neginf`` (see `_all_finite` and
+            `_finite_only`), ``zeros`` (of `values`) and, only where the
             per-sample shape is not static, ``shape`` (this batch's shape).
     """
 
-    rows: Any
     values: Any
-    total: Any
-    fast: dict
     stats: dict
 
 
-def _point(t: Any, lay: Layout, offsets: Any, source: _Point | None = None, fn: Any = None) -> _Point:
-    """In-graph reductions of one point (see `_Point`).
+def _point(t: Any, lay: Layout, offsets: Any, finite_only: bool, source: _Point | None = None,
+           fn: Any = None) -> _Point:
+    """In-graph reductions of one point, but for its histogram.
 
-    If `source` is given, this point's min and max are ``fn`` of the source
-    point's (see `derived_extremes`), which holds when every value is finite.
+    `finite_only` chooses `_finite_only` over `_all_finite`. If `source` is
+    given, this point's min and max are ``fn`` of the source point's (see
+    `derived_extremes`), which holds when every value is finite.
     """
     x = ops.cast(t, "float32")
     if lay.axis is not None and lay.axis != len(t.shape) - 1:
         x = ops.moveaxis(x, lay.axis, -1)
     rows = ops.reshape(x, (-1, lay.channels))
-    total = _over_rows(ops.sum, rows, lay.axis is not None, lay.fold)
-    extremes = None if source is None else (fn(source.fast["min"]), fn(source.fast["max"]))
-    fast = _all_finite(rows, lay, total, extremes)
+    if finite_only:
+        exact = _finite_only(rows, lay)
+    else:
+        extremes = None if source is None else (fn(source.stats["min"]), fn(source.stats["max"]))
+        exact = _all_finite(rows, lay, _over_rows(ops.sum, rows, lay.axis is not None, lay.fold), extremes)
     if lay.sampled:
         values, fold = _gather(x, lay, offsets), lay.sample_fold
     else:
         values, fold = rows, lay.fold
     zeros = _over_rows(ops.sum, ops.cast(ops.equal(values, 0.0), "int32"), lay.axis is not None, fold)
     stats = {"count": ops.cast(ops.shape(rows)[0], "int32"), "sampled": ops.cast(ops.shape(values)[0], "int32"),
-             "zeros": zeros}
+             **exact, "zeros": zeros}
     if lay.rows is None:  # the shape of this batch, only where the per-sample shape is not static
         stats["shape"] = ops.stack([ops.cast(d, "int32") for d in ops.shape(t)])
-    return _Point(rows, values, total, fast, stats)
+    return _Point(values, stats)
 
 
 def reduce_all(outputs: dict, lays: dict[str, Layout], derived: dict, bins: int, running: Any,
-                first: Any) -> dict:
+                first: Any, *, finite_only: bool = False) -> dict:
     """In-graph statistics of every point: ``{key: stats}`` with the keys of
-    `_Point.stats` and `_Point.fast`, and the histogram's ``exponent``,
-    ``start`` and ``counts``.
+    `_Point.stats` plus the histogram's ``exponent``, ``start`` and ``counts``.
 
-    If every point's sum is finite, so is every value, and the cheap
-    statistics hold; otherwise every point's are computed again over its
-    finite values (`_finite_only`). One ``ops.cond`` decides for the whole
-    batch, so clean data never pays for the masking, and the graph has two
-    conditionals, not two per point. The histogram windows of all points are
-    computed together, on their concatenated ranges (one set of small ops
-    instead of one per point). `running` is ``(3, channels)``: every point's
-    running ``(lo, hi, e)``, concatenated; `first` ``(rows, points)``: the
-    first gathered block of each input sample (see `_gather`).
+    Without `finite_only` the statistics hold only if every value is finite,
+    which the host checks on the sums (a sum is finite if and only if every
+    value it adds up is, barring float32 overflow); with it, NaN and infinite
+    values are counted and left out (several more passes). The
+    histogram windows of all points are computed together, on their
+    concatenated ranges (one set of small ops instead of one per point).
+    `running` is ``(3, channels)``: every point's running ``(lo, hi, e)``,
+    concatenated; `first` ``(rows, points)``: the first gathered block of
+    each input sample (see `_gather`).
     """
     reduced: dict[str, _Point] = {}
     position = {k: j for j, k in enumerate(lays)}
 
     def reduce(k: str) -> _Point:
         if k not in reduced:
-            source, fn = derived.get(k, (None, None))
-            reduced[k] = _point(outputs[k], lays[k], first[:, position[k]],
+            source, fn = (None, None) if finite_only else derived.get(k, (None, None))
+            reduced[k] = _point(outputs[k], lays[k], first[:, position[k]], finite_only,
                                 None if source is None else reduce(source), fn)
         return reduced[k]
 
     for k in lays:
         reduce(k)
-    clean = ops.all(ops.isfinite(ops.concatenate([reduced[k].total for k in lays], axis=0)))
-    exact = ops.cond(clean, lambda: {k: p.fast for k, p in reduced.items()},
-                     lambda: {k: _finite_only(p.rows, lays[k]) for k, p in reduced.items()})
-    lo = ops.concatenate([exact[k]["min"] for k in lays], axis=0)
-    hi = ops.concatenate([exact[k]["max"] for k in lays], axis=0)
+    lo = ops.concatenate([reduced[k].stats["min"] for k in lays], axis=0)
+    hi = ops.concatenate([reduced[k].stats["max"] for k in lays], axis=0)
     e, start, inv = grid.window(lo, hi, bins, (running[0], running[1], running[2]))
-    parts, at = {}, 0
+    result = {}
+    at = 0
     for k, lay in lays.items():
-        parts[k] = slice(at, at + lay.channels)
+        point = reduced[k]
+        part = slice(at, at + lay.channels)
         at += lay.channels
+        counts = grid.count(point.values, inv[part], start[part], bins, finite_only=finite_only)
+        result[k] = {**point.stats, "exponent": e[part], "start": start[part], "counts": counts}
+    return result
 
-    def histograms(finite_only: bool) -> dict:
-        return {k: grid.count(reduced[k].values, inv[part], start[part], bins, finite_only=finite_only)
-                for k, part in parts.items()}
-
-    counts = ops.cond(clean, lambda: histograms(False), lambda: histograms(True))
-    return {k: {**reduced[k].stats, **exact[k], "exponent": e[part], "start": start[part], "counts": counts[k]}
-            for k, part in parts.items()}
