@@ -39,12 +39,16 @@ class Plan:
         keys: ``{address: key}``; addresses naming the same tensor share a key
             (the first such address), which is what the step returns.
         step: the compiled stateless forward pass.
+        variants: other steps over the same probe, built on demand by their
+            user and cached with the plan (such as `calibrate`'s reductions
+            that leave NaN and infinities out), by name.
     """
 
     probe: keras.Model
     addresses: list[str]
     keys: dict[str, str]
     step: backend.Step
+    variants: dict[str, backend.Step] = dataclasses.field(default_factory=dict)
 
     @property
     def unique(self) -> list[str]:

@@ -234,17 +234,19 @@ def calibrate(
 
     tag = ("stats", bins, per_channel, channel_axis, sample)
     plan = plan_for(model, points, training=training, tag=tag, make_post=make_post)
-    # the same points reduced leaving NaN and infinities out: run only on a batch that has some
-    careful = plan_for(model, plan.addresses, training=training, tag=(*tag, "finite only"),
-                       make_post=lambda probe, unique: make_post(probe, unique, finite_only=True))
+    careful = plan.variants.get("finite only")  # the same reductions leaving NaN and infinities out
+    if careful is None:
+        careful_post, extra = make_post(plan.probe, plan.unique, finite_only=True)
+        careful = plan.variants["finite only"] = backend.Step(plan.probe, training, careful_post, extra)
     started = False
 
     def again(arrays: list, extra: tuple) -> dict:
+        """A batch with NaN or infinities, reduced again (traced on first use only)."""
         nonlocal started
         if not started:  # (re)reads the model's current variables
-            careful.step.start()
+            careful.start()
             started = True
-        return careful.step(pack(careful.probe, arrays), *extra)
+        return careful(pack(plan.probe, arrays), *extra)
 
     lays = layouts(plan.probe, plan.unique)
     source = _Replayable(adapt(data, plan.probe, batch_size=batch_size, steps=steps))
