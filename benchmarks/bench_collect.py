@@ -131,13 +131,29 @@ def bench_calibrate(model, repeats: int) -> None:
     predict(model, x[:BATCH])
     fns = {"predict": lambda: predict(model, x)}
     fns.update({name: (lambda kw=kwargs: ks.calibrate(model, x, progress=False, **kw)) for name, kwargs in runs.items()})
-    t = median_times(fns, repeats=repeats)
+    t, cpu = median_wall_and_cpu(fns, repeats=repeats)
     base = t["predict"]
-    print(f"MobileNetV2 96x96, {len(x)} samples, batch {BATCH}: model.predict {base:.2f}s")
+    print(f"MobileNetV2 96x96, {len(x)} samples, batch {BATCH}: model.predict {base:.2f}s "
+          f"(ratios of wall time; of process CPU time in brackets)")
     for name in runs:
         target = "  (goal <= 2)" if name.startswith("every point (") else ""
         target = "  (target <= 1.5)" if name.startswith("every ':pre'") else target
-        print(f"  calibrate, {name:48s} {t[name]:6.2f}s  ratio {t[name] / base:5.2f}{target}")
+        print(f"  calibrate, {name:48s} {t[name]:6.2f}s  ratio {t[name] / base:5.2f} "
+              f"[{cpu[name] / cpu['predict']:5.2f}]{target}")
+
+
+def median_wall_and_cpu(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """Median wall and process CPU times of interleaved repeats: on a shared machine the
+    wall time of every call stretches with the load, its CPU time much less."""
+    wall: dict = {name: [] for name in fns}
+    cpu: dict = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append(time.perf_counter() - w0)
+            cpu[name].append(time.process_time() - c0)
+    return ({n: float(np.median(v)) for n, v in wall.items()}, {n: float(np.median(v)) for n, v in cpu.items()})
 
 
 def bench_passes(model, repeats: int) -> None:
