@@ -14,7 +14,8 @@ Prints, measured side by side in one process on MobileNetV2 (weights=None,
   (one value per input sample: close to the cost of the exact statistics
   alone, the floor), every ':pre' point (target <= 1.5), and per channel;
 - what passes over every point cost (--only passes): the probe of every
-  point with min, then max, sum, sum of squares added, each / predict;
+  point with min, then max, sum, centred sum of squares added (what
+  calibrate computes over every value), each / predict;
 - peak memory (RSS, in fresh subprocesses, data from a generator so the input
   is not held) of calibrate and collect(path=...) on 4x the data / on 1x,
   target about 1.0.
@@ -170,8 +171,9 @@ def bench_passes(model, repeats: int) -> None:
         "+ min": lambda t: ops.min(flat(t)),
         "+ min, max": lambda t: (ops.min(flat(t)), ops.max(flat(t))),
         "+ min, max, sum": lambda t: (ops.min(flat(t)), ops.max(flat(t)), ops.sum(flat(t))),
-        "+ min, max, sum, sum of squares": lambda t: (
-            ops.min(flat(t)), ops.max(flat(t)), ops.sum(flat(t)), ops.sum(ops.square(flat(t)))),
+        "+ min, max, sum, centred squares": lambda t: (
+            ops.min(flat(t)), ops.max(flat(t)), ops.sum(flat(t)),
+            ops.sum(ops.square(flat(t) - ops.sum(flat(t)) / ops.cast(ops.size(t), "float32")))),
     }
 
     def plan(fn):
