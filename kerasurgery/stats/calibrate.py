@@ -23,7 +23,10 @@ whose input is also a point, its min and max are that function of the
 input's min and max (exact, and two passes less).
 
 Non-finite values (NaN, +inf, -inf) are counted per point and left out of
-every other statistic; `calibrate` warns once, naming the points.
+every other statistic, and `calibrate` warns once, naming the points. They
+cost nothing while there are none: the host checks each batch's sums, and
+only a batch whose sums are not finite runs again, through a second step
+whose reductions leave them out (kept with the plan, traced on first need).
 """
 
 from __future__ import annotations

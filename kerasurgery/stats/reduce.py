@@ -7,9 +7,8 @@ that every position is covered over the dataset). `reduce_all` then turns a
 batch of every point into a few numbers per point with `keras.ops`: over
 every value, the count, min, max, sum, and sum of squares centred on the
 batch's mean (of the finite values), and how many values were NaN, +inf and
--inf; over the sampled
-values, the exact zeros and a histogram of the finite ones (on the grid of
-`kerasurgery.stats.grid`).
+-inf; over the sampled values, the exact zeros and a histogram of the finite
+ones (on the grid of `kerasurgery.stats.grid`).
 
 Non-finite values cost nothing while there are none: every point's values
 are summed anyway, and only a batch where a sum is not finite is reduced
@@ -316,9 +315,9 @@ def reduce_all(outputs: dict, lays: dict[str, Layout], derived: dict, bins: int,
     Without `finite_only` the statistics hold only if every value is finite,
     which the host checks on the sums (a sum is finite if and only if every
     value it adds up is, barring float32 overflow); with it, NaN and infinite
-    values are counted and left out (several more passes). The
-    histogram windows of all points are computed together, on their
-    concatenated ranges (one set of small ops instead of one per point).
+    values are counted and left out (several more passes). The histogram
+    windows of all points are computed together, on their concatenated
+    ranges (one set of small ops instead of one per point).
     `running` is ``(3, channels)``: every point's running ``(lo, hi, e)``,
     concatenated; `first` ``(rows, points)``: the first gathered block of
     each input sample (see `_gather`).
