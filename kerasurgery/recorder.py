@@ -105,7 +105,10 @@ class ActivationRecorder(keras.callbacks.Callback):
 
     Args:
         points: addresses, globs, a list of them or a predicate (see
-            `kerasurgery.points`).
+            `kerasurgery.points`); None means every layer output (the plain
+            output of every layer and operation: no inputs, no ``:pre`` or
+            ``:scores``), as in `kerasurgery.collect` and
+            `kerasurgery.calibrate`.
         data: data to record on, read again at every record: arrays, a
             `tf.data.Dataset`, a `keras.utils.PyDataset` or a re-iterable of
             batches (not a one-shot generator). See `kerasurgery.collect`.
@@ -138,7 +141,7 @@ class ActivationRecorder(keras.callbacks.Callback):
 
     def __init__(
         self,
-        points: Selector,
+        points: Selector | None,
         data: Any,
         *,
         every: int = 1,
