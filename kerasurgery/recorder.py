@@ -113,10 +113,10 @@ class ActivationRecorder(keras.callbacks.Callback):
             `tf.data.Dataset`, a `keras.utils.PyDataset` or a re-iterable of
             batches (not a one-shot generator). See `kerasurgery.collect`.
         every: record after epochs ``every - 1``, ``2 * every - 1``, ...
-        path: write the records to this HDF5 file (one dataset per point,
-            shaped ``(records, samples, ...)``, attribute ``epochs``) instead of
-            keeping them in `history`. The file appears after the first
-            record and is complete after each one.
+        path: write the records to this HDF5 file (``.h5`` or ``.hdf5``; one
+            dataset per point, shaped ``(records, samples, ...)``, attribute
+            ``epochs``) instead of keeping them in `history`. The file appears
+            after the first record and is complete after each one.
         batch_size: rows per batch for arrays.
         training: record with layers in training mode.
         overwrite: allow `path` to replace an existing file.

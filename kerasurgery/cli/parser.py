@@ -191,13 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", parents=[model, flags], help="value ranges and histograms of points, to JSON",
                        description="Stream --data through the model and record min, max, mean, std, "
-                       "percentiles and a histogram per point (default: every point, ':pre' and "
-                       "':scores' included), e.g. ranges of '*:pre' for quantization.")
+                       "percentiles and a histogram per point (default: every layer output, as in "
+                       "collect; --points '*:pre' for the pre-activations a quantizer needs). NaN and "
+                       "inf values are counted per point and left out of every other statistic.")
     _data_arguments(p, required=True)
     _output(p, "ranges.json", "the JSON file to write (read it back with kerasurgery.Calibration.from_json)")
     p.add_argument("--sample", type=_sample_size, default=DEFAULT_SAMPLE, metavar="N|all",
-                   help=f"histograms, mean, std and zeros from at most N values per input sample of each "
-                   f"point (min and max always see all); 'all' for exact statistics ({DEFAULT_SAMPLE})")
+                   help=f"histograms, percentiles and zeros from at most N values per input sample of each "
+                   f"point (count, min, max, mean and std always see every value); 'all' for exact "
+                   f"histograms too ({DEFAULT_SAMPLE})")
     p.add_argument("--histograms", metavar="FILE.png", help="also draw the histograms")
     p.add_argument("--max-plots", type=int, default=16, metavar="N", help="at most N histogram panels (16)")
     _overwrite(p)
