@@ -42,6 +42,13 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "split_activations": ("kerasurgery.passes.split", "split_activations"),
     "insert_taps": ("kerasurgery.passes.taps", "insert_taps"),
     "probe_pair": ("kerasurgery.passes.probe_pair", "probe_pair"),
+    # surgery: channels and BatchNorm folding
+    "delete_channels": ("kerasurgery.passes.channels", "delete_channels"),
+    "fold_batchnorm": ("kerasurgery.passes.fold", "fold_batchnorm"),
+    "fold_plan": ("kerasurgery.passes.fold", "fold_plan"),
+    "FoldPlan": ("kerasurgery.passes.fold", "FoldPlan"),
+    "rank_channels": ("kerasurgery.surgery.ranking", "rank_channels"),
+    "channel_scores": ("kerasurgery.surgery.ranking", "channel_scores"),
     # running over data
     "collect": ("kerasurgery.runtime.collect", "collect"),
     "load_activations": ("kerasurgery.runtime.activations", "load_activations"),
@@ -92,7 +99,9 @@ if TYPE_CHECKING or "sphinx" in sys.modules:  # static names for type checkers a
     from kerasurgery.ir.resolve import points
     from kerasurgery.ir.schema import Ref, Slot
     from kerasurgery.ir.to_keras import to_model
+    from kerasurgery.passes.channels import delete_channels
     from kerasurgery.passes.expose import expose
+    from kerasurgery.passes.fold import FoldPlan, fold_batchnorm, fold_plan
     from kerasurgery.passes.probe_pair import probe_pair
     from kerasurgery.passes.split import split_activations
     from kerasurgery.passes.taps import insert_taps
@@ -101,3 +110,4 @@ if TYPE_CHECKING or "sphinx" in sys.modules:  # static names for type checkers a
     from kerasurgery.runtime.collect import collect
     from kerasurgery.stats.calibrate import calibrate
     from kerasurgery.stats.results import Calibration, PointStats, merge
+    from kerasurgery.surgery.ranking import channel_scores, rank_channels
