@@ -240,3 +240,42 @@ def test_the_pass_is_pure_and_well_formed():
     assert result.nodes["dw"]["output_shapes"][0][-1] == 7
     assert result.graph["deleted_channels"] == {"conv": [1], "bn": [1], "relu": [1], "dw": [1]}
     assert plan_channels(graph, "conv", [1]).layers(graph)["sep"] == {"in": [1]}
+
+
+def _shut(model, layer, column, gate_value):
+    """A copy of `model` whose recurrent `layer` has gate `column` constant (bias `gate_value`, no inputs)."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    for variable in layer_named(copy, layer).weights:
+        value = np.array(keras.ops.convert_to_numpy(variable))
+        value[..., column] = gate_value if variable.name == "bias" else 0
+        variable.assign(value)
+    return copy
+
+
+def test_lstm_units_with_states(tmp_path):
+    """An LSTM unit whose output gate is shut (bias -1e9) outputs exactly 0: the deleted unit's reference."""
+    model = ZOO["recurrent"]()  # lstm -> (sequence, h, c); cat([gmp(conv(sequence)), h, c])
+    data = sample_inputs(model)
+    pruned = ks.delete_channels(model, "lstm", [1])
+    reference = run(_shut(model, "lstm", 3 * 4 + 1, -1e9), data)  # gates i, f, c, o; o of unit 1
+    np.testing.assert_allclose(run(pruned, data), np.delete(reference, [4 + 1, 8 + 1], axis=1), atol=1e-5)
+    assert pruned.get_layer("lstm").units == 3
+    assert_roundtrip(pruned, data, tmp_path)
+
+
+def test_gru_units_after_a_masked_lstm():
+    """A GRU unit whose candidate is tanh(0) = 0 stays 0 from a zero state; the mask still applies."""
+    model = ZOO["masked"]()
+    data = sample_inputs(model)
+    pruned = ks.delete_channels(model, "gru", [2])
+    reference = _shut(model, "gru", 2 * 4 + 2, 0.0)  # gates z, r, h; the candidate of unit 2
+    np.testing.assert_allclose(run(pruned, data), run(reference, data), atol=1e-5)
+    pruned = ks.delete_channels(model, "lstm", [0, 4])  # through the BatchNormalization, to the GRU's rows
+    reference = _shut(model, "lstm", [3 * 5 + 0, 3 * 5 + 4], -1e9)
+    for variable in (layer_named(reference, "bn").gamma, layer_named(reference, "bn").beta):
+        value = np.array(keras.ops.convert_to_numpy(variable))
+        value[[0, 4]] = 0  # exactly 0 after the BatchNormalization too
+        variable.assign(value)
+    np.testing.assert_allclose(run(pruned, data), run(reference, data), atol=1e-5)
+    assert pruned.get_layer("bn").moving_mean.shape == (3,) and pruned.get_layer("gru").cell.kernel.shape[0] == 3

@@ -87,7 +87,7 @@ class Change:
 
 
 def _slot_key(slot: str) -> tuple:
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"[.]", slot))
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.]", slot))
 
 
 def tensor_inputs(graph: nx.DiGraph, key: str) -> list[tuple[str, Tensor]]:

@@ -70,9 +70,13 @@ def _point(graph: nx.DiGraph, point: Any) -> tuple[str, int]:
     except AddressError:
         address = parse(point)
         sites = resolver.call_sites(address.path, address.name)
-        if len(sites) < 2 or address.call is not None or address.port is not None:
+        if address.port is not None or not sites or (address.call is not None and len(sites) > 1):
             raise
-        return sites[0], address.index or 0  # a shared layer named as a whole: its weights serve every call
+        if len(sites) == 1 and not isinstance(graph.nodes[sites[0]].get("op"), rules.RECURRENT):
+            raise
+        # a shared layer named as a whole (its weights serve every call), or a recurrent layer that
+        # also returns its states (they all hold its units)
+        return sites[0], address.index or 0
     if resolved.port is not None:
         raise TransformError(
             f"Expected the address of a layer's output. Received: {point!r}, a ':{resolved.port}' port. "
