@@ -101,6 +101,16 @@ def test_depthwise_multiplier_channels():
         ks.delete_channels(model, "dw", [2])
 
 
+def test_separable_input_with_multiplier():
+    """Input channel c of a separable convolution with multiplier 3 owns its pointwise rows 3c .. 3c+2."""
+    x = keras.Input((7, 7, 2), name="x")
+    h = layers.Conv2D(4, 3, activation="relu", name="conv")(x)
+    model = keras.Model(x, layers.SeparableConv2D(3, 3, depth_multiplier=3, name="sep")(h))
+    pruned = check(model, "conv", [1, 2], {"conv": filters([1, 2])})
+    np.testing.assert_array_equal(weights(pruned, "sep")["pointwise_kernel"],
+                                  np.delete(weights(model, "sep")["pointwise_kernel"], [3, 4, 5, 6, 7, 8], axis=2))
+
+
 def test_separable_and_transposed_points():
     model = ZOO["cnn_bn"]()
     check(model, "sep", [0, 3], {"sep": [("pointwise_kernel", -1, [0, 3]), ("bias", 0, [0, 3])]})
