@@ -56,16 +56,26 @@ def batchnorm(channels):
 
 
 def randomize_batchnorms(model, seed=0):
-    """Give every BatchNormalization random statistics and parameters (fresh ones are nearly identity)."""
+    """Give every BatchNormalization random statistics and parameters (fresh ones are nearly identity).
+
+    Moving means and betas are normal, moving variances uniform in [0.5, 1.5],
+    and gamma is uniform in [0.4, 1.2] times the standard deviation, so each
+    channel's scale ``gamma / std`` is random in [0.4, 1.2]. Random gammas
+    not tied to the variance make deep models (EfficientNetV2, ~100 layers)
+    grow their activations by ~1.04 per layer to logits in the thousands,
+    where float32 rounding alone differs by 1e-3 relative between any two
+    orders of the same arithmetic.
+    """
     rng = np.random.default_rng(seed)
     count = 0
     for layer in model._flatten_layers(include_self=False):
         if isinstance(layer, keras.layers.BatchNormalization):
             n = layer.moving_mean.shape[0]
+            variance = rng.uniform(0.5, 1.5, n)
             layer.moving_mean.assign(rng.normal(0, 0.2, n).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
+            layer.moving_variance.assign(variance.astype("float32"))
             if layer.scale:
-                layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
+                layer.gamma.assign((rng.uniform(0.4, 1.2, n) * np.sqrt(variance)).astype("float32"))
             if layer.center:
                 layer.beta.assign(rng.normal(0, 0.2, n).astype("float32"))
             count += 1

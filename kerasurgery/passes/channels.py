@@ -61,7 +61,8 @@ class ChannelPlan:
         return dict(found)
 
 
-def _point(graph: nx.DiGraph, point: Any) -> tuple[str, int]:
+def resolve_point(graph: nx.DiGraph, point: Any) -> tuple[str, int]:
+    """``(node, output index)`` of a point whose channels `delete_channels` may delete."""
     if not isinstance(point, str):
         raise TransformError(f"Expected `point` as one address (a string). Received: {point!r}.")
     resolver = Resolver(graph)
@@ -199,7 +200,7 @@ def plan_channels(graph: nx.DiGraph, point: str, channels: Any) -> ChannelPlan:
             `point` beyond `channels`; a shared layer would lose channels
             at one call but not another; a tensor would lose all channels.
     """
-    node, index = _point(graph, point)
+    node, index = resolve_point(graph, point)
     shape = rules.shape_of(graph, (node, index))
     data = graph.nodes[node]
     axis = rules.channel_axis(data.get("op"), len(shape)) if data.get("kind") != "input" else len(shape) - 1

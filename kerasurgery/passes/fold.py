@@ -100,6 +100,13 @@ def fold_plan(model_or_graph: Any) -> FoldPlan:
 
     Returns:
         A `FoldPlan` (node addresses).
+
+    Example:
+        >>> import keras, kerasurgery as ks
+        >>> x = keras.Input((4,), name="x")
+        >>> h = keras.layers.Dense(3, activation="relu", name="dense")(x)
+        >>> ks.fold_plan(keras.Model(x, keras.layers.BatchNormalization(name="bn")(h))).kept
+        {'bn': "'dense' (Dense) applies activation 'relu' before it"}
     """
     graph = graph_for(model_or_graph)
     outputs = set(output_refs(graph))
