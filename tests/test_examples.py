@@ -41,6 +41,7 @@ WRITES = {
     "07_feature_extraction.py": ["features.h5"],
     "08_surgery.py": ["rescaled.keras"],
     "09_keras_hub_attention.py": ["attention_heads.png"],
+    "11_pruning.py": ["pruned_folded.keras"],
 }
 
 #: Examples that need an optional package (skipped without it; CI's keras_hub step runs them).

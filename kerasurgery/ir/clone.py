@@ -17,6 +17,7 @@ value of the original's variable of the same name, after loading.
 from __future__ import annotations
 
 import contextlib
+import gc
 import tempfile
 from typing import Any
 
@@ -172,3 +173,20 @@ def rebuild(op: Any, config_changes: dict, input_shape: Any, weights: list) -> A
         )
     layer.set_weights([np.asarray(w) for w in weights])
     return layer
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Python's cyclic garbage collector paused: passes that create many layers stay linear.
+
+    Every new layer and variable is a handful of objects; with the collector
+    running, its full passes over everything the process holds make copying
+    a large model superlinear (as in `kerasurgery.to_model`).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -23,7 +23,7 @@ import networkx as nx
 
 from kerasurgery.address.grammar import parse
 from kerasurgery.errors import AddressError, TransformError
-from kerasurgery.ir.clone import clone_op
+from kerasurgery.ir.clone import clone_op, gc_paused
 from kerasurgery.ir.from_keras import graph_for
 from kerasurgery.ir.resolve import Resolver
 from kerasurgery.ir.schema import copy_graph
@@ -277,6 +277,11 @@ def delete_channels_pass(graph: nx.DiGraph, point: str, channels: Any, *, copy: 
     too (otherwise shared with `graph`).
     """
     plan = plan_channels(graph, point, channels)
+    with gc_paused():
+        return _rewrite(graph, plan, copy)
+
+
+def _rewrite(graph: nx.DiGraph, plan: ChannelPlan, copy: bool) -> nx.DiGraph:
     g = copy_graph(graph)
     made: dict[int, Any] = {}
     touched = {t[0] for t in plan.removed}

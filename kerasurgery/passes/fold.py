@@ -18,7 +18,7 @@ import keras
 import networkx as nx
 import numpy as np
 
-from kerasurgery.ir.clone import clone_op, rebuild
+from kerasurgery.ir.clone import clone_op, gc_paused, rebuild
 from kerasurgery.ir.edits import input_feed, redirect
 from kerasurgery.ir.from_keras import graph_for
 from kerasurgery.ir.schema import Ref, copy_graph, output_refs
@@ -162,6 +162,11 @@ def fold_batchnorm_pass(graph: nx.DiGraph, *, copy: bool = True) -> nx.DiGraph:
     The graph attribute ``"fold"`` of the result holds the `FoldPlan`. With
     ``copy=True`` every other operation is replaced by an independent copy.
     """
+    with gc_paused():
+        return _fold(graph, copy)
+
+
+def _fold(graph: nx.DiGraph, copy: bool) -> nx.DiGraph:
     plan = fold_plan(graph)
     g = copy_graph(graph)
     made: dict[int, tuple] = {}
