@@ -289,3 +289,12 @@ def test_gru_units_after_a_masked_lstm():
         variable.assign(value)
     np.testing.assert_allclose(run(pruned, data), run(reference, data), atol=1e-5)
     assert pruned.get_layer("bn").moving_mean.shape == (3,) and pruned.get_layer("gru").cell.kernel.shape[0] == 3
+
+
+def test_embedding_dimensions_through_a_masked_lstm():
+    model = ZOO["masked"]()  # Embedding(mask_zero=True) -> LSTM -> BN -> GRU -> Dense
+    pruned = check(model, "embed", [1, 4], {"embed": [("embeddings", 1, [1, 4])]})
+    assert pruned.get_layer("embed").output_dim == 4 and pruned.get_layer("embed").mask_zero
+    np.testing.assert_array_equal(weights(pruned, "lstm")["kernel"],
+                                  np.delete(weights(model, "lstm")["kernel"], [1, 4], axis=0))
+

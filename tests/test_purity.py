@@ -20,6 +20,7 @@ import kerasurgery as ks
 from kerasurgery.ir.schema import copy_graph, input_keys
 from kerasurgery.passes.copy import copy_pass
 from kerasurgery.passes.expose import expose_pass
+from kerasurgery.passes.fold import fold_batchnorm_pass
 from kerasurgery.passes.split import split_activations_pass
 from kerasurgery.passes.taps import insert_taps_pass
 
@@ -54,6 +55,7 @@ PASSES = {
     "split_activations": lambda g: split_activations_pass(g),
     "insert_taps": _taps,
     "copy": copy_pass,
+    "fold_batchnorm": fold_batchnorm_pass,
 }
 
 

@@ -53,6 +53,13 @@ def test_recurrent_units_sum_their_gates():
     np.testing.assert_allclose(ks.channel_scores(model, "lstm"), expected, rtol=1e-6)
 
 
+def test_embedding_dimensions():
+    tokens = keras.Input((4,), dtype="int32", name="tokens")
+    model = keras.Model(tokens, layers.Embedding(10, 5, name="embed")(tokens))
+    np.testing.assert_allclose(ks.channel_scores(model, "embed"), np.abs(kernel(model, "embed", "embeddings")).sum(0),
+                               rtol=1e-6)
+
+
 def test_activation_statistics_against_numpy():
     model = _model()
     data = np.random.default_rng(0).normal(size=(16, 8, 8, 3)).astype("float32")
@@ -97,5 +104,5 @@ def test_bad_statistics():
         ks.rank_channels(model, "conv", by="apoz", stats=per_channel)
     with pytest.raises(ks.TransformError, match=r"statistics of 6 channels for 'conv'\. Received: 12 channels of 'dw'"):
         ks.rank_channels(model, "conv", by="mean", stats=per_channel["dw"])
-    with pytest.raises(ks.TransformError, match=r"Dense, convolution or recurrent layer.*'bn'"):
+    with pytest.raises(ks.TransformError, match=r"Dense, convolution, recurrent or Embedding layer.*'bn'"):
         ks.rank_channels(model, "bn")

@@ -30,8 +30,8 @@ def channel_count(graph: nx.DiGraph, point: str) -> int:
 def choose(graph: nx.DiGraph, point: str, *, channels: list[int] | None, fraction: float | None, by: str,
            data: Any) -> list[int]:
     """The channels of `point` to delete: `channels`, or the lowest-ranked `fraction` (rounded down)."""
-    if channels is not None:
-        return sorted(set(channels))
+    if channels is not None or fraction is None:
+        return sorted(set(channels or []))
     size = channel_count(graph, point)
     count = math.floor(fraction * size)
     if count < 1:

@@ -41,8 +41,9 @@ CONV_TRANSPOSE = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
 SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
 DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
 RECURRENT = (L.LSTM, L.GRU, L.SimpleRNN)
-#: Layers that drop output channels (units, filters) and input channels (kernel rows) on their own.
-FREE = DENSE + CONV + CONV_TRANSPOSE + SEPARABLE + RECURRENT
+#: Layers that drop output channels (units, filters, embedding dimensions) and input channels
+#: (kernel rows) on their own.
+FREE = DENSE + CONV + CONV_TRANSPOSE + SEPARABLE + RECURRENT + (L.Embedding,)
 ELEMENTWISE = (
     L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.Dropout, L.GaussianNoise, L.GaussianDropout,
     L.AlphaDropout, L.ActivityRegularization, L.Identity, L.UnitNormalization, Tap,
@@ -179,9 +180,9 @@ def implied(graph: nx.DiGraph, key: str, change: Change, forward: bool) -> list[
         return _through(graph, key, change, forward)
     if isinstance(op, (L.Softmax,)) or (type(op) is L.Activation and kinds.activation_name(op.activation)
                                          in ("softmax", "log_softmax")):
-        axes = getattr(op, "axis", -1)
-        axes = [_axis(a, rank) for a in (axes if isinstance(axes, (list, tuple)) else [axes])]
-        if axis in axes:
+        given = getattr(op, "axis", -1)
+        over = [_axis(a, rank) for a in (given if isinstance(given, (list, tuple)) else [given])]
+        if axis in over:
             raise Blocked(key, f"{name} normalizes over the channel axis: removing a channel changes every "
                           "other channel's value", "delete channels of a layer before another layer")
         return _through(graph, key, change, forward)
@@ -273,10 +274,9 @@ def _flatten(graph, key, op, change, forward) -> list[Change]:
     if any(d is None for d in in_shape[1:]):
         raise Blocked(key, f"'{key}' (Flatten) has an input of unknown size {in_shape}",
                       "give the model a fixed input size")
-    axis = change.axis if forward else None
     first = getattr(op, "data_format", None) == "channels_first"
     if forward:
-        table = _flat_positions(in_shape, axis, first)
+        table = _flat_positions(in_shape, change.axis, first)
         return [Change((key, 0), 1, frozenset(int(p) for c in change.channels for p in table[c]))]
     # which input channel each removed position belongs to, on the channel axis the producer uses
     source = graph.nodes[in_tensor[0]].get("op")

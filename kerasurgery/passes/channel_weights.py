@@ -53,6 +53,8 @@ def weight_axes(op: Any) -> dict[str, list[tuple[int, str]]]:
         bias_axis = 1 if isinstance(op, L.GRU) and op.reset_after else 0
         return {"kernel": [(0, "in"), (1, "gates")], "recurrent_kernel": [(0, "out"), (1, "gates")],
                 "bias": [(bias_axis, "gates")]}
+    if isinstance(op, L.Embedding):
+        return {"embeddings": [(1, "out")]}
     if isinstance(op, (L.BatchNormalization, L.LayerNormalization)):
         return {name: [(0, "in")] for name in ("gamma", "beta", "moving_mean", "moving_variance")}
     return {}
@@ -101,9 +103,9 @@ def narrowed(op: Any, in_shape: tuple, ins: rules.Change | None, outs: rules.Cha
             axes = {}
     if not axes and not op.weights:
         return clone_op(op)[0]
-    in_shape = list(in_shape)
-    in_axis = ins.axis if ins is not None else rules.read_axis(op, len(in_shape))
-    in_size = in_shape[in_axis]
+    shape = list(in_shape)
+    in_axis = ins.axis if ins is not None else rules.read_axis(op, len(shape))
+    in_size = shape[in_axis]
     keep_in = _keep(in_size, ins)
     keep_out = _keep(out_size, outs) if out_size is not None else []
     arrays = []
@@ -118,12 +120,12 @@ def narrowed(op: Any, in_shape: tuple, ins: rules.Change | None, outs: rules.Cha
         arrays.append(value)
     changes = {}
     if outs is not None and isinstance(op, rules.FREE):
-        key = next((k for k in ("units", "filters") if k in op.get_config()), None)
+        key = next((k for k in ("units", "filters", "output_dim") if k in op.get_config()), None)
         if key is None:
             raise TransformError(f"Expected a layer with units or filters. Received: '{op.name}'.")
         changes[key] = len(keep_out)
-    in_shape[in_axis] = len(keep_in)
-    return rebuild(op, changes, tuple(in_shape), arrays)
+    shape[in_axis] = len(keep_in)
+    return rebuild(op, changes, tuple(shape), arrays)
 
 
 def _reshape(op: Any, outs: rules.Change | None) -> Any:

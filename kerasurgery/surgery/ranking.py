@@ -28,20 +28,21 @@ METHODS = {"l1": "weights", "l2": "weights", "mean": "stats", "apoz": "stats"}
 
 def _kernel_scores(op: Any, norm: str) -> np.ndarray:
     """Norm of each output channel's slice of `op`'s main kernel."""
-    name = next((n for n in ("pointwise_kernel", "kernel") if n in weight_axes(op)), None)
-    variable = next((v for v in op.weights if v.name == name), None) if name else None
+    axes = weight_axes(op)
+    name = next((n for n in ("pointwise_kernel", "kernel", "embeddings") if n in axes), "")
+    variable = next((v for v in op.weights if v.name == name), None)
     if variable is None:
         raise TransformError(
-            f"Expected a Dense, convolution or recurrent layer to score by weights. Received: '{op.name}' "
-            f"({type(op).__name__}). Score the layer whose channels you delete, or use by='mean'/'apoz'."
+            f"Expected a Dense, convolution, recurrent or Embedding layer to score by weights. Received: "
+            f"'{op.name}' ({type(op).__name__}). Score the layer whose channels you delete, or use "
+            "by='mean'/'apoz'."
         )
     value = np.abs(np.asarray(keras.ops.convert_to_numpy(variable), np.float64))
     if norm == "l2":
         value = value**2
     if isinstance(op, rules.DEPTHWISE):  # output channel c*m+j is kernel[..., c, j]
         value = value.reshape(*value.shape[:-2], -1)
-    axis = next(a for a, what in weight_axes(op)[name] if what in ("out", "gates")) if not isinstance(
-        op, rules.DEPTHWISE) else -1
+    axis = -1 if isinstance(op, rules.DEPTHWISE) else next(a for a, what in axes[name] if what in ("out", "gates"))
     moved = np.moveaxis(value, axis, -1)
     scores = moved.reshape(-1, moved.shape[-1]).sum(axis=0)
     if isinstance(op, rules.RECURRENT):  # every gate block of a unit counts
@@ -78,7 +79,7 @@ def channel_scores(model: Any, point: str, by: str = "l1", *, stats: Any = None)
 
     Args:
         model: a model (or a graph from `kerasurgery.to_graph`).
-        point: the address of a Dense, convolution (any kind) or recurrent layer.
+        point: the address of a Dense, convolution (any kind), recurrent or Embedding layer.
         by: ``"l1"`` or ``"l2"``: the norm of each output channel's kernel
             slice (for a separable convolution, its pointwise kernel);
             ``"mean"``: the channel's mean activation; ``"apoz"``: the
