@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from keras import layers
 from test_purity import freeze
-from zeroing import batchnorm, filters, layer_named, run, zeroed_copy
+from zeroing import batchnorm, filters, layer_named, randomize_batchnorms, run, zeroed_copy
 from zoo import ZOO, assert_roundtrip, assert_unchanged, sample_inputs, snapshot
 
 import kerasurgery as ks
@@ -90,7 +90,6 @@ def _depthwise_model(multiplier=2):
 def test_depthwise_multiplier_channels():
     """Input channel c of a depthwise convolution with multiplier 2 owns its outputs 2c and 2c+1."""
     model = _depthwise_model()
-    from zeroing import randomize_batchnorms
     randomize_batchnorms(model)
     pruned = check(model, "conv", [1], {"conv": filters([1]), "dw": [("bias", 0, [2, 3])], "bn": batchnorm([2, 3])})
     np.testing.assert_array_equal(weights(pruned, "head")["kernel"],
@@ -219,15 +218,15 @@ def test_layer_normalization_against_numpy():
     np.testing.assert_allclose(run(pruned, data), h @ np.delete(wo, 2, axis=0) + bo, atol=1e-5)
 
 
-@pytest.mark.parametrize("model_name,point,edits", [
-    ("nested_functional", "encoder/inner_dense", {"inner_dense": filters([2, 5])}),
-    ("nested_sequential", "block/seq_dense", {"seq_dense": filters([2, 5]), "seq_bn": batchnorm([2, 5])}),
-    ("deep_nested", "mid/leaf/leaf_dense", {"leaf_dense": filters([2])}),
-    ("siamese", "encoder/proj", {"proj": filters([2])}),  # a nested model called twice: both calls
+@pytest.mark.parametrize("model_name,point,channels,edits", [
+    ("nested_functional", "encoder/inner_dense", [2, 5], {"inner_dense": filters([2, 5])}),
+    ("nested_sequential", "block/seq_dense", [2, 5], {"seq_dense": filters([2, 5]), "seq_bn": batchnorm([2, 5])}),
+    ("deep_nested", "mid/leaf/leaf_dense", [2], {"leaf_dense": filters([2])}),
+    ("siamese", "encoder/proj", [2], {"proj": filters([2])}),  # a nested model called twice: both calls
 ])
-def test_nested_and_shared_models(model_name, point, edits, tmp_path):
+def test_nested_and_shared_models(model_name, point, channels, edits, tmp_path):
     model = ZOO[model_name]()
-    channels = [2, 5] if len(edits[next(iter(edits))][0][2]) == 2 else [2]
+    randomize_batchnorms(model)
     check(model, point, channels, edits, tmp_path=tmp_path)
 
 
@@ -298,3 +297,17 @@ def test_embedding_dimensions_through_a_masked_lstm():
     np.testing.assert_array_equal(weights(pruned, "lstm")["kernel"],
                                   np.delete(weights(model, "lstm")["kernel"], [1, 4], axis=0))
 
+
+
+def test_channels_first():
+    """Channels on axis 1: convolution, BatchNormalization(axis=1), pooling, Flatten(channels_first) -> Dense."""
+    x = keras.Input((3, 8, 8), name="x")
+    h = layers.Conv2D(5, 3, data_format="channels_first", activation="relu", name="conv")(x)
+    h = layers.BatchNormalization(axis=1, name="bn")(h)
+    h = layers.MaxPooling2D(data_format="channels_first", name="pool")(h)
+    model = keras.Model(x, layers.Dense(2, name="out")(layers.Flatten(data_format="channels_first", name="flat")(h)))
+    randomize_batchnorms(model)
+    pruned = check(model, "conv", [1, 3], {"conv": filters([1, 3]), "bn": batchnorm([1, 3])})
+    rows = [p * 5 + c for p in range(9) for c in (1, 3)]  # Flatten(channels_first) puts the channels last
+    np.testing.assert_array_equal(weights(pruned, "out")["kernel"],
+                                  np.delete(weights(model, "out")["kernel"], rows, axis=0))
