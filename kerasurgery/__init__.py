@@ -47,6 +47,13 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "replace_layer": ("kerasurgery.passes.layer_edits", "replace_layer"),
     "delete_layer": ("kerasurgery.passes.layer_edits", "delete_layer"),
     "patch": ("kerasurgery.passes.patch", "patch"),
+    # surgery: channels and BatchNorm folding
+    "delete_channels": ("kerasurgery.passes.channels", "delete_channels"),
+    "fold_batchnorm": ("kerasurgery.passes.fold", "fold_batchnorm"),
+    "fold_plan": ("kerasurgery.passes.fold", "fold_plan"),
+    "FoldPlan": ("kerasurgery.passes.fold", "FoldPlan"),
+    "rank_channels": ("kerasurgery.surgery.ranking", "rank_channels"),
+    "channel_scores": ("kerasurgery.surgery.ranking", "channel_scores"),
     # running over data
     "collect": ("kerasurgery.runtime.collect", "collect"),
     "load_activations": ("kerasurgery.runtime.activations", "load_activations"),
@@ -97,9 +104,11 @@ if TYPE_CHECKING or "sphinx" in sys.modules:  # static names for type checkers a
     from kerasurgery.ir.resolve import points
     from kerasurgery.ir.schema import Ref, Slot
     from kerasurgery.ir.to_keras import to_model
+    from kerasurgery.passes.channels import delete_channels
     from kerasurgery.passes.expose import expose
     from kerasurgery.passes.layer_edits import delete_layer, insert_layer, replace_layer
     from kerasurgery.passes.patch import patch
+    from kerasurgery.passes.fold import FoldPlan, fold_batchnorm, fold_plan
     from kerasurgery.passes.probe_pair import probe_pair
     from kerasurgery.passes.split import split_activations
     from kerasurgery.passes.taps import insert_taps
@@ -108,3 +117,4 @@ if TYPE_CHECKING or "sphinx" in sys.modules:  # static names for type checkers a
     from kerasurgery.runtime.collect import collect
     from kerasurgery.stats.calibrate import calibrate
     from kerasurgery.stats.results import Calibration, PointStats, merge
+    from kerasurgery.surgery.ranking import channel_scores, rank_channels

@@ -76,7 +76,7 @@ def assert_one_line_error(code, err, match):
 
 
 class TestHelp:
-    @pytest.mark.parametrize("command", ["demo", "inspect", "graph", "split", "expose", "collect", "calibrate"])
+    @pytest.mark.parametrize("command", ["demo", "inspect", "graph", "split", "expose", "collect", "calibrate", "fold", "prune"])
     def test_every_subcommand_has_help(self, capsys, command):
         code, out, _ = run(capsys, command, "--help")
         assert code == 0
@@ -85,7 +85,7 @@ class TestHelp:
     def test_top_level_help_lists_every_subcommand(self, capsys):
         code, out, _ = run(capsys, "--help")
         assert code == 0
-        for command in ("demo", "inspect", "graph", "split", "expose", "collect", "calibrate"):
+        for command in ("demo", "inspect", "graph", "split", "expose", "collect", "calibrate", "fold", "prune"):
             assert f"    {command}" in out
 
     def test_no_command_prints_help_and_fails(self, capsys):

@@ -42,6 +42,7 @@ WRITES = {
     "08_surgery.py": ["rescaled.keras"],
     "09_keras_hub_attention.py": ["attention_heads.png"],
     "10_patching.py": ["patched.keras"],
+    "11_pruning.py": ["pruned_folded.keras"],
 }
 
 #: Examples that need an optional package (skipped without it; CI's keras_hub step runs them).
