@@ -52,6 +52,9 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "merge": ("kerasurgery.stats.results", "merge"),
     "ActivationRecorder": ("kerasurgery.recorder", "ActivationRecorder"),
     "compare": ("kerasurgery.equivalence", "compare"),
+    # gradients and attribution
+    "gradients": ("kerasurgery.attribution.gradients", "gradients"),
+    "weight_gradients": ("kerasurgery.attribution.gradients", "weight_gradients"),
     # errors
     "KerasurgeryError": ("kerasurgery.errors", "KerasurgeryError"),
     "AddressError": ("kerasurgery.errors", "AddressError"),
@@ -84,6 +87,7 @@ __all__ = sorted(_PUBLIC) + ["__version__"]
 _registration.register_layers_with_keras()
 
 if TYPE_CHECKING or "sphinx" in sys.modules:  # static names for type checkers and docs
+    from kerasurgery.attribution.gradients import gradients, weight_gradients
     from kerasurgery.equivalence import compare
     from kerasurgery.errors import (AddressError, DataError, GraphError, KerasurgeryError, ModelError,
                                     TransformError)

@@ -14,7 +14,8 @@ inside a pass.
 ``Functional._inputs_struct``    inputs/outputs as given to the constructor
 ``Functional._outputs_struct``
 ``Operation._inbound_nodes``     one `Node` per call of an operation
-``KerasTensor._keras_history``   (operation, node index, tensor index)
+``KerasTensor._keras_history``   (operation, node index, tensor index);
+                                 a call's input tensors (`parent_tensors`)
 ``Layer._call_context_args``     arguments passed down to inner calls
                                  (``training``)
 ``Layer._flatten_layers``        every layer inside a model, recursively
@@ -105,6 +106,14 @@ def output_structure(fn: Any) -> Any:
 def producer(tensor: Any) -> Any:
     """The operation that produced a KerasTensor."""
     return tensor._keras_history.operation
+
+
+def parent_tensors(tensor: Any) -> list:
+    """The symbolic tensors the call that produced `tensor` read ([] for a tensor made by hand)."""
+    history = getattr(tensor, "_keras_history", None)
+    if history is None or history.operation is None:
+        return []
+    return list(history.operation._inbound_nodes[history.node_index].input_tensors)
 
 
 def context_arguments(op: Any) -> set:

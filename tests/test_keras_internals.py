@@ -72,6 +72,18 @@ def test_flat_inputs_outputs_and_structures():
     assert internals.input_structure(model) is model.input and internals.output_structure(model) is model.output
 
 
+def test_parent_tensors_walk_a_keras_ops_function_back_to_its_placeholders():
+    a, b = keras.KerasTensor((None, 3)), keras.KerasTensor((None, 3))
+    out = keras.ops.sum(keras.ops.exp(a[:, 1:]), axis=1)
+    assert internals.parent_tensors(a) == []  # made by hand: no history
+    seen, stack = set(), [out]
+    while stack:
+        t = stack.pop()
+        seen.add(id(t))
+        stack.extend(internals.parent_tensors(t))
+    assert id(a) in seen and id(b) not in seen
+
+
 def test_context_arguments_name_training():
     assert "training" in internals.context_arguments(keras.layers.Dropout(0.1))
     assert "training" in internals.context_arguments(mlp())

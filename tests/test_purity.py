@@ -20,6 +20,7 @@ import kerasurgery as ks
 from kerasurgery.ir.schema import copy_graph, input_keys
 from kerasurgery.passes.copy import copy_pass
 from kerasurgery.passes.expose import expose_pass
+from kerasurgery.passes.perturb import perturb_pass
 from kerasurgery.passes.split import split_activations_pass
 from kerasurgery.passes.taps import insert_taps_pass
 
@@ -54,6 +55,7 @@ PASSES = {
     "split_activations": lambda g: split_activations_pass(g),
     "insert_taps": _taps,
     "copy": copy_pass,
+    "perturb": lambda g: perturb_pass(g, [p for p in ks.points(g) if not p.endswith(":scores")][1:5]),
 }
 
 
