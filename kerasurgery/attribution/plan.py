@@ -122,6 +122,7 @@ def gradient_plan(
     training: bool = False,
     weights: bool = False,
     values: bool = False,
+    what: str = "target",
 ) -> GradientPlan:
     """The (cached) plan for gradients of `target` with respect to `points`.
 
@@ -133,10 +134,12 @@ def gradient_plan(
         training: run layers in training mode.
         weights: also differentiate with respect to the trainable variables.
         values: also return the points' values.
+        what: the argument's name in errors about a class index
+            (``"class_index"`` for `grad_cam`).
     """
     training = boolean(training, "training")
     graph = graph_for(model, points, [target] if isinstance(target, str) else None)
-    tgt = make_target(model, graph, target, y, loss)
+    tgt = make_target(model, graph, target, y, loss, what=what)
     addresses = list(Resolver(graph).select(points, what="points")) if points is not None else []
     key = (tuple(addresses), tgt.key, training, weights, values)
     cache = _CACHE.setdefault(model, collections.OrderedDict())
@@ -156,3 +159,61 @@ def gradient_plan(
     while len(cache) > _PER_MODEL:
         cache.popitem(last=False)
     return GradientPlan(probe, gm, addresses, keys, step, tgt)
+
+
+# ---------------------------------------------------------------------------
+# running a plan
+
+
+class MapSink:
+    """Per-batch maps computed on the host from the step's results (Grad-CAM, saliency), in order.
+
+    Args:
+        make: ``make(outputs) -> array (rows, ...)`` from one batch's step results.
+        provide: the target's per-sample arguments (``Target.provide``).
+    """
+
+    def __init__(self, make: Any, provide: Any):
+        self.make = make
+        self.provide = provide
+        self.parts: list[np.ndarray] = []
+
+    def extra(self, start: int, rows: int) -> tuple:
+        return self.provide(start, rows)
+
+    def prepare(self, outputs: dict, rows: int) -> None:
+        pass
+
+    def check(self, outputs: dict, rows: int, where: str) -> None:
+        pass
+
+    def write(self, start: int, rows: int, outputs: dict) -> None:
+        numpy = keras.tree.map_structure(backend.as_numpy, outputs)
+        self.parts.append(self.make(numpy))
+
+    def finish(self, n: int) -> np.ndarray:
+        return np.concatenate(self.parts) if self.parts else np.zeros((0,))
+
+
+def predicted_classes(model: keras.Model, arrays: list[np.ndarray], address: str) -> np.ndarray:
+    """The class with the largest score at `address` for one batch (a forward pass, as `collect`)."""
+    from kerasurgery.runtime.plan import plan_for
+
+    plan = plan_for(model, [address])
+    out = plan.step(pack(plan.probe, arrays))
+    return np.argmax(backend.as_numpy(out[plan.keys[address]]), axis=-1).astype("int32")
+
+
+def single_input(model: keras.Model, what: str) -> str:
+    """The address of `model`'s only input (the point saliency maps and attributions are of)."""
+    from kerasurgery.errors import DataError
+    from kerasurgery.ir.schema import input_keys
+
+    keys = input_keys(graph_for(model))
+    if len(keys) != 1:
+        raise DataError(
+            f"Expected a model with one input for {what}. Received: model '{model.name}' with inputs "
+            f"{keys}. Use `kerasurgery.gradients(model, data, [{keys[0]!r}, ...])` for gradients at several "
+            "inputs."
+        )
+    return keys[0]

@@ -313,7 +313,8 @@ def loss_target(model: Any, graph: nx.DiGraph, y: Any, loss: Any) -> Target:
                   samples=len(labels), what="`y`")
 
 
-def make_target(model: Any, graph: nx.DiGraph, target: Any, y: Any = None, loss: Any = None) -> Target:
+def make_target(model: Any, graph: nx.DiGraph, target: Any, y: Any = None, loss: Any = None,
+                what: str = "target") -> Target:
     """The `Target` that `target`, or `y` and `loss`, describe (see the module docstring)."""
     if y is not None or loss is not None:
         if target is not None:
@@ -327,7 +328,7 @@ def make_target(model: Any, graph: nx.DiGraph, target: Any, y: Any = None, loss:
     if callable(target):
         return function_target(graph, target)
     if target is None or is_int(target) or isinstance(target, (list, tuple, np.ndarray)) or hasattr(target, "shape"):
-        return class_target(graph, target)
+        return class_target(graph, target, what)
     raise DataError(
         "Expected `target` to be None (the predicted class), a class index, one class index per sample, a "
         f"point's address or a function of the outputs. Received: {target!r}."
