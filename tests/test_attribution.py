@@ -161,7 +161,9 @@ def test_resize_maps_is_bilinear_with_half_pixel_centres():
     r1, c1 = np.minimum(r0 + 1, 2), np.minimum(c0 + 1, 3)
     fr, fc = (rows - r0)[:, None], (cols - c0)[None, :]
     m = maps[0]
-    expected = ((1 - fr) * ((1 - fc) * m[r0][:, c0] + fc * m[r0][:, c1]) + fr * ((1 - fc) * m[r1][:, c0] + fc * m[r1][:, c1]))
+    top = (1 - fc) * m[r0][:, c0] + fc * m[r0][:, c1]
+    bottom = (1 - fc) * m[r1][:, c0] + fc * m[r1][:, c1]
+    expected = (1 - fr) * top + fr * bottom
     np.testing.assert_allclose(big[0], expected, atol=1e-6)
     assert ks.resize_maps(maps[0], (6, 8)).shape == (6, 8)
 
@@ -220,7 +222,8 @@ def test_integrated_gradients_are_complete():
     np.testing.assert_allclose(attributions.sum(axis=(1, 2, 3)), f_x - f_b, atol=1e-2)
     assert np.abs(f_x - f_b).min() > 0.05  # the check is not vacuous
     few = ks.integrated_gradients(model, x, target=1, baseline=baseline, steps=4)
-    assert np.abs(few.sum(axis=(1, 2, 3)) - (f_x - f_b)).max() > np.abs(attributions.sum(axis=(1, 2, 3)) - (f_x - f_b)).max()
+    error = lambda a: np.abs(a.sum(axis=(1, 2, 3)) - (f_x - f_b)).max()  # noqa: E731
+    assert error(few) > error(attributions)
     # the trapezoidal rule itself, with the backend's own gradients, at 4 steps
     grads = [own_autodiff(lambda v: score(v)[:, 1], (baseline + a * (x - baseline)).astype("float32"))
              for a in np.linspace(0, 1, 5)]

@@ -152,7 +152,8 @@ def gradient_plan(
     gm = to_model(g, name=f"{model.name}_gradients")
     keys = dict(g.graph["gradient_points"])
     names = [next(a for a, i in keys.items() if i == j) for j in range(len(set(keys.values())))]
-    step = GradientStep(gm, training, tgt.objective, tgt.extra, shapes=_shapes(graph, gm, addresses, keys), deltas=len(names),
+    step = GradientStep(gm, training, tgt.objective, tgt.extra, shapes=_shapes(graph, gm, addresses, keys),
+                        deltas=len(names),
                         weights=weights, values=values, names=names)
     probe = Inputs(gm.input[0] if keys else gm.input, model.name)
     cache[key] = (probe, gm, keys, step)
