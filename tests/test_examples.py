@@ -41,6 +41,7 @@ WRITES = {
     "07_feature_extraction.py": ["features.h5"],
     "08_surgery.py": ["rescaled.keras"],
     "09_keras_hub_attention.py": ["attention_heads.png"],
+    "12_grad_cam.py": ["grad_cam.png"],
 }
 
 #: Examples that need an optional package (skipped without it; CI's keras_hub step runs them).
@@ -56,6 +57,7 @@ JOBS = {
     "training-time probes": "05_probe_training.py",
     "attention": "06_attention.py",
     "surgery": "08_surgery.py",
+    "gradients and attribution": "12_grad_cam.py",
 }
 
 
