@@ -20,9 +20,9 @@ BACKEND = keras.backend.backend()
 
 @pytest.fixture
 def float64():
-    """float64 models. Keras 3.15 computes some float64 ops in float32 on JAX and PyTorch
-    (``tanh``, ``matmul``: its dtype promotion gives float32), so there the central
-    differences are float32 ones: a larger step and tolerance."""
+    """float64 models. Keras 3.15 computes some float64 ops in float32 on JAX (``tanh``, even
+    with x64) and PyTorch (``matmul``), so there the central differences are float32 ones:
+    a larger step and tolerance (each backend's own autodiff is the tight reference)."""
     old = keras.config.floatx()
     keras.config.set_floatx("float64")
     if BACKEND == "jax":  # JAX computes in float32 unless told otherwise
@@ -246,6 +246,22 @@ def test_free_spatial_size():
         w = to_numpy(model.get_layer("out").kernel)[:, 1]
         expected = relu * w / (size - 2) ** 2  # d mean-pool(relu(pre)) . w / d pre
         np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.backend
+def test_fixed_batch_size_pads_without_counting_the_padding():
+    x_in = keras.Input((3,), batch_size=4, name="x")
+    dense = layers.Dense(2, activation="tanh", name="d")
+    fixed = keras.Model(x_in, layers.Dense(2, name="out")(dense(x_in)))
+    free_in = keras.Input((3,), name="x")
+    free = keras.Model(free_in, fixed.get_layer("out")(dense(free_in)))  # the same layers, any batch size
+    x = np.random.default_rng(10).normal(size=(6, 3)).astype("float32")  # batches of 4 and 2 (padded to 4)
+    np.testing.assert_allclose(ks.gradients(fixed, x, "d", target=1)["d"], ks.gradients(free, x, "d", target=1)["d"],
+                               rtol=1e-6)
+    a = ks.weight_gradients(fixed, x, y=np.zeros((6, 2)), loss="mse")
+    b = ks.weight_gradients(free, x, y=np.zeros((6, 2)), loss="mse")
+    for path in a:
+        np.testing.assert_allclose(a[path], b[path], rtol=1e-5, atol=1e-7, err_msg=path)
 
 
 # ---------------------------------------------------------------------------

@@ -88,9 +88,10 @@ class GradientStep(Step):
         def total(deltas: list, trainable: list) -> tuple:
             args = [inputs, deltas] if self.has_deltas else inputs
             outputs, new_state = self.model.stateless_call(trainable, state, args, training=self.training)
-            values = self.objective(outputs["target"], *extra)
-            if trim is not None:
-                values = values[:trim]
+            target = outputs["target"]
+            if trim is not None:  # padded to a fixed batch size: the padding is no sample
+                target = keras.tree.map_structure(lambda t: self._trim(t, trim), target)
+            values = self.objective(target, *extra)
             points = [p[:trim] if trim is not None else p for p in outputs["points"]] if self.values else []
             return ops.sum(ops.cast(values, "float32")), (values, points, new_state)
 
