@@ -23,8 +23,9 @@ def float64():
     """float64 models. Keras 3.15 computes some float64 ops in float32 on JAX (``tanh``, even
     with x64) and PyTorch (``matmul``), so there the central differences are float32 ones:
     a larger step and tolerance (each backend's own autodiff is the tight reference)."""
-    old = keras.config.floatx()
+    old, policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")  # a policy set by an earlier test would win over floatx
     if BACKEND == "jax":  # JAX computes in float32 unless told otherwise
         import jax
 
@@ -33,6 +34,7 @@ def float64():
     exact = all(str(t.dtype).endswith("float64") for t in (ops.tanh(probe), ops.matmul(probe, probe)))
     yield (1e-6, 1e-6, 1e-8) if exact else (1e-3, 2e-3, 2e-4)  # eps, rtol, atol
     keras.config.set_floatx(old)
+    keras.config.set_dtype_policy(policy)
     if BACKEND == "jax":
         jax.config.update("jax_enable_x64", False)
 
@@ -197,6 +199,23 @@ def test_several_points_in_one_pass_and_shared_tensors():
     for point in ("conv", "sep:pre"):
         alone = ks.gradients(model, x, [point], target=3, batch_size=5)[point]
         np.testing.assert_allclose(both[point], alone, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.backend
+def test_checking_a_target_function_takes_no_automatic_names():
+    """Keras numbers automatic names (get_item, get_item_1, ...) with global counters; checking a
+    target on symbolic tensors must not move them, or the user's next names (and the addresses of
+    ops inside opened layers) would depend on whether gradients ran before."""
+    from keras.src.backend.common import global_state
+
+    model = dense_model()
+    keras.ops.exp(keras.KerasTensor((None, 1)))  # the counters exist
+    counters = lambda: {k: v for k, v in global_state.get_global_attribute("object_name_uids").items()  # noqa: E731
+                        if k != "keras_tensor"}  # symbolic tensors' own names (any model build takes some)
+    before = counters()
+    ks.gradients(model, np.ones((2, 4)), "d1", target=lambda out: out[:, 1] + out[:, 2])
+    ks.gradients(model, np.ones((2, 4)), "d1", y=np.zeros((2, 3)), loss="mse")
+    assert counters() == before
 
 
 @pytest.mark.backend

@@ -84,6 +84,16 @@ def test_parent_tensors_walk_a_keras_ops_function_back_to_its_placeholders():
     assert id(a) in seen and id(b) not in seen
 
 
+def test_names_unchanged_restores_the_automatic_name_counters():
+    x = keras.KerasTensor((None, 3))
+    first = internals.producer(keras.ops.exp(x)).name
+    with internals.names_unchanged():
+        inside = [internals.producer(keras.ops.exp(x)).name for _ in range(3)]
+    after = internals.producer(keras.ops.exp(x)).name
+    number = lambda name: int(name.rsplit("_", 1)[1]) if name[-1].isdigit() else 0  # noqa: E731
+    assert number(inside[0]) == number(first) + 1 and number(after) == number(first) + 1
+
+
 def test_context_arguments_name_training():
     assert "training" in internals.context_arguments(keras.layers.Dropout(0.1))
     assert "training" in internals.context_arguments(mlp())

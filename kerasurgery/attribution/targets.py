@@ -227,7 +227,8 @@ def function_target(graph: nx.DiGraph, fn: Callable) -> Target:
     symbolic, flat = _symbolic_outputs(graph)
     example = "`lambda out: out[:, 3]` or `lambda out: keras.ops.sum(out ** 2, axis=-1)`"
     try:
-        result = fn(symbolic)
+        with internals.names_unchanged():
+            result = fn(symbolic)
     except Exception as e:  # noqa: BLE001 - any failure of user code on symbolic tensors
         raise DataError(
             f"Expected `target` to be a function of the model's outputs written with keras.ops, such as "
@@ -295,7 +296,8 @@ def loss_target(model: Any, graph: nx.DiGraph, y: Any, loss: Any) -> Target:
     pred = keras.KerasTensor((None, *tuple(data["output_shapes"][refs[0].index])[1:]),
                              dtype=data["output_dtypes"][refs[0].index])
     try:
-        spec = call(keras.KerasTensor((None, *labels.shape[1:]), dtype=str(labels.dtype)), pred)
+        with internals.names_unchanged():
+            spec = call(keras.KerasTensor((None, *labels.shape[1:]), dtype=str(labels.dtype)), pred)
     except Exception as e:  # noqa: BLE001 - the loss refusing these shapes
         raise DataError(
             f"Expected labels `y` that the loss accepts with the model's output of shape {pred.shape}. "
