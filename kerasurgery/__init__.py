@@ -64,6 +64,13 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "merge": ("kerasurgery.stats.results", "merge"),
     "ActivationRecorder": ("kerasurgery.recorder", "ActivationRecorder"),
     "compare": ("kerasurgery.equivalence", "compare"),
+    # gradients and attribution
+    "gradients": ("kerasurgery.attribution.gradients", "gradients"),
+    "weight_gradients": ("kerasurgery.attribution.gradients", "weight_gradients"),
+    "grad_cam": ("kerasurgery.attribution.grad_cam", "grad_cam"),
+    "saliency": ("kerasurgery.attribution.saliency", "saliency"),
+    "integrated_gradients": ("kerasurgery.attribution.integrated", "integrated_gradients"),
+    "resize_maps": ("kerasurgery.attribution.resize", "resize_maps"),
     # errors
     "KerasurgeryError": ("kerasurgery.errors", "KerasurgeryError"),
     "AddressError": ("kerasurgery.errors", "AddressError"),
@@ -96,6 +103,11 @@ __all__ = sorted(_PUBLIC) + ["__version__"]
 _registration.register_layers_with_keras()
 
 if TYPE_CHECKING or "sphinx" in sys.modules:  # static names for type checkers and docs
+    from kerasurgery.attribution.grad_cam import grad_cam
+    from kerasurgery.attribution.gradients import gradients, weight_gradients
+    from kerasurgery.attribution.integrated import integrated_gradients
+    from kerasurgery.attribution.resize import resize_maps
+    from kerasurgery.attribution.saliency import saliency
     from kerasurgery.equivalence import compare
     from kerasurgery.errors import (AddressError, DataError, GraphError, KerasurgeryError, ModelError,
                                     TransformError)
