@@ -432,7 +432,8 @@ class TestDemo:
             image = plt.imread(tmp_path / "demo" / name)
             assert min(image.shape[:2]) > 150 and image.std() > 0.01, name
         for step in ("1. ", "2. Logits", "3. Split", "4. Probe pair", "5. Collect", "6. Calibrate",
-                     "7. Transfer", "8. Attention", "9. Surgery", "10. Grad-CAM", "11. Files"):
+                     "7. Transfer", "8. Attention", "9. Interventions", "10. Surgery", "11. Pruning", "12. Grad-CAM",
+                     "13. Files"):
             assert step in out
         assert str(tmp_path / "demo") in out
         # the files it leaves are what the next commands it suggests need

@@ -60,6 +60,8 @@ JOBS = {
     "attention": "06_attention.py",
     "surgery": "08_surgery.py",
     "gradients and attribution": "12_grad_cam.py",
+    "interventions": "10_patching.py",
+    "pruning": "11_pruning.py",
 }
 
 

@@ -152,8 +152,10 @@ JOBS = {
     "feature extraction": "path='features.h5')",
     "training-time probes": "callbacks=[ks.ActivationRecorder(...)]",
     "attention": "ks.expose(model, ['mha:scores'])",
-    "surgery": "9. Surgery: g = ks.to_graph(model)",
-    "gradients and attribution": "10. Grad-CAM: maps = ks.grad_cam(model",
+    "surgery": "10. Surgery: g = ks.to_graph(model)",
+    "gradients and attribution": "12. Grad-CAM: maps = ks.grad_cam(model",
+    "interventions": "9. Interventions: ks.patch(model, {'mha:scores': ('ablate', mask)})",
+    "pruning": "pruned = ks.delete_channels(model, 'conv_2', order[:4])",
 }
 
 

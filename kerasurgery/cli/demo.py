@@ -215,8 +215,10 @@ def run(out: str = "kerasurgery-demo", *, epochs: int = 4, seed: int = 0,
         echo(f"   {address:16s} min {float(s.min):8.3f}  max {float(s.max):8.3f}  "
              f"mean {float(s.mean):7.3f}  std {float(s.std):6.3f}")
     _nested_step(ks, model, x_test, echo)
-    scores, sentence = _attention_step(ks, echo)
+    scores, sentence, attention, sentences, has_cat = _attention_step(ks, echo)
+    _patching_step(ks, attention, sentences[:500], has_cat[:500], echo)
     _surgery_step(ks, model, x_test, echo)
+    _pruning_step(ks, model, x_test, y_test, echo)
     maps = _grad_cam_step(ks, model, x_test, echo)
 
     _pictures(ks, files, model, x_test, y_test, acts, stats)
@@ -229,7 +231,7 @@ def run(out: str = "kerasurgery-demo", *, epochs: int = 4, seed: int = 0,
     model.save(files.written["model"])
     files.written["data"] = os.path.join(out, "shapes.npy")
     np.save(files.written["data"], x_test[:64])
-    echo(f"\n11. Files written to {out}:")
+    echo(f"\n13. Files written to {out}:")
     for name, path in files.written.items():
         echo(f"   {os.path.basename(path):24s} {_CAPTIONS[name]}")
     model_path, data_path = (os.path.relpath(files.written[k]) for k in ("model", "data"))
@@ -320,7 +322,7 @@ def _nested_step(ks: Any, model: Any, x_test: Any, echo: Any) -> None:
          f"sub-model: {np.allclose(inner, reference, atol=1e-6)}")
 
 
-def _attention_step(ks: Any, echo: Any) -> tuple[np.ndarray, list[str]]:
+def _attention_step(ks: Any, echo: Any) -> tuple[np.ndarray, list[str], Any, np.ndarray, np.ndarray]:
     import keras
 
     x, y = make_sentences(1000)
@@ -337,7 +339,22 @@ def _attention_step(ks: Any, echo: Any) -> tuple[np.ndarray, list[str]]:
     for head in range(scores.shape[1]):
         most = int(scores[0, head].mean(axis=0).argmax())
         echo(f"   head {head} attends most to position {most} ({sentence[most]!r})")
-    return scores[0], sentence
+    return scores[0], sentence, model, x, y
+
+
+def _patching_step(ks: Any, model: Any, x: np.ndarray, y: np.ndarray, echo: Any) -> None:
+    heads = model.get_layer("mha").num_heads
+    echo("\n9. Interventions: ks.patch(model, {'mha:scores': ('ablate', mask)}) zeroes one head's "
+         "attention weights (the model is unchanged)")
+    before = _numpy(model(x, training=False))
+    for head in [*range(heads), None]:  # None: every head
+        mask = np.arange(heads)[:, None, None] == head if head is not None else np.ones((heads, 1, 1), bool)
+        ablated = _numpy(ks.patch(model, {"mha:scores": ("ablate", mask)})(x, training=False))
+        accuracy = float((ablated.argmax(axis=-1) == y).mean())
+        echo(f"   {'every head' if head is None else f'head {head}'} ablated: accuracy {accuracy:.2f}, "
+             f"mean |change of the probabilities| {np.abs(ablated - before).mean():.3f}")
+    after = _numpy(model(x, training=False))
+    echo(f"   the original model gives the same outputs afterwards: {np.array_equal(before, after)}")
 
 
 def _surgery_step(ks: Any, model: Any, x_test: Any, echo: Any) -> None:
@@ -348,16 +365,41 @@ def _surgery_step(ks: Any, model: Any, x_test: Any, echo: Any) -> None:
     g.add_edge(parent, child, feeds=feeds)
     edited = ks.to_model(g, name="no_dropout")
     diff = ks.compare(model, edited, x_test)["predictions"]["max_abs"]
-    echo("\n9. Surgery: g = ks.to_graph(model); remove the 'dropout' node and wire 'dense' to 'predictions' "
+    echo("\n10. Surgery: g = ks.to_graph(model); remove the 'dropout' node and wire 'dense' to 'predictions' "
          "with networkx; ks.to_model(g)")
     echo(f"   layers: {' -> '.join(layer.name for layer in edited.layers)}")
     echo(f"   largest output difference from the original (Dropout is inactive in inference): {diff:.2g}")
 
 
+def _pruning_step(ks: Any, model: Any, x_test: Any, y_test: Any, echo: Any) -> None:
+    order = ks.rank_channels(model, "conv_2", by="l1")
+    pruned = ks.delete_channels(model, "conv_2", order[:4])
+    zeroed = _zero_filters(model, "conv_2", order[:4])
+    gap = np.abs(_numpy(pruned(x_test, training=False)) - _numpy(zeroed(x_test, training=False))).max()
+    accuracy = float((_numpy(pruned(x_test, training=False)).argmax(axis=-1) == y_test).mean())
+    echo("\n11. Pruning: order = ks.rank_channels(model, 'conv_2'); "
+         "pruned = ks.delete_channels(model, 'conv_2', order[:4])")
+    echo(f"   weakest filters by L1 norm: {order[:4].tolist()}; {model.count_params():,} -> "
+         f"{pruned.count_params():,} parameters (conv_3 lost the matching input rows); test accuracy {accuracy:.2f}")
+    echo(f"   largest difference from the original with those filters zeroed by hand: {gap:.2g}")
+
+
+def _zero_filters(model: Any, name: str, channels: Any) -> Any:
+    """A clone of `model` whose layer `name` outputs zeros at `channels` (kernel columns and bias)."""
+    import keras
+
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    kernel, bias = clone.get_layer(name).get_weights()
+    kernel[..., channels], bias[channels] = 0.0, 0.0
+    clone.get_layer(name).set_weights([kernel, bias])
+    return clone
+
+
 def _grad_cam_step(ks: Any, model: Any, x_test: Any, echo: Any) -> np.ndarray:
     maps = ks.grad_cam(model, x_test[:6], "conv_3", size="input")
     shape = x_test[:6, ..., 0] > 0.5  # the drawn outline (noise has std 0.15)
-    echo("\n10. Grad-CAM: maps = ks.grad_cam(model, x[:6], 'conv_3', size='input') (the predicted class's "
+    echo("\n12. Grad-CAM: maps = ks.grad_cam(model, x[:6], 'conv_3', size='input') (the predicted class's "
          "score before the softmax)")
     echo(f"   maps {maps.shape} in [0, 1]; mean heat on the shapes' pixels {maps[shape].mean():.2f}, "
          f"elsewhere {maps[~shape].mean():.2f}")

@@ -140,8 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", parents=[flags], help="train a tiny model and show every job; writes pictures",
                        description="Build and briefly train a small CNN on shapes it draws itself, then "
-                       "show logits, a split model, a probe pair, collected activations and calibration "
-                       "ranges. Writes feature maps, histograms and a graph drawing.")
+                       "show logits, a split model, a probe pair, collected activations, calibration "
+                       "ranges, a nested point, attention weights, head ablation, graph surgery, pruning "
+                       "and Grad-CAM. Writes feature maps, histograms, attention, Grad-CAM and graph pictures.")
     _output(p, "DIR", "output folder (./kerasurgery-demo)", default="kerasurgery-demo", alias="--out")
     p.add_argument("--epochs", type=int, default=4, metavar="N", help="training epochs (4)")
     _overwrite(p)
