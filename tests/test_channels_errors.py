@@ -69,7 +69,8 @@ def test_an_add_whose_other_branch_cannot_lose_channels():
 
 def test_a_raw_mean_over_the_channels():
     refused(ZOO["raw_ops"](), "dense", [1], ks.TransformError,
-            r"reach 'mean' \('dense' -> 'mean'\), where delete_channels has no rule for 'mean' \(Mean\)")
+            # the op's automatic name depends on how many ``mean`` ops earlier tests made
+            r"reach '(mean(?:_\d+)?)' \('dense' -> '\1'\), where delete_channels has no rule for '\1' \(Mean\)")
 
 
 def test_a_shared_layer_whose_inputs_lose_channels_at_one_call_only():
