@@ -11,7 +11,6 @@ from kerasurgery.ir.resolve import Point, Resolver
 from reference import ACTIVATION_LAYERS, ATTENTION_LAYERS, has_fused_activation
 from zoo import ZOO, attention, cnn_bn, mlp, nested_functional, recurrent, shared
 
-pytestmark = pytest.mark.backend
 
 
 class TestParse:

@@ -6,7 +6,6 @@ import pytest
 
 import kerasurgery as ks
 
-pytestmark = pytest.mark.backend
 
 PUBLIC = ["to_graph", "to_model", "check_graph", "points", "expose", "split_activations",
           "insert_taps", "probe_pair", "compare", "collect", "calibrate", "ActivationRecorder",

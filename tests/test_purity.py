@@ -27,7 +27,6 @@ from kerasurgery.passes.perturb import perturb_pass
 from kerasurgery.passes.split import split_activations_pass
 from kerasurgery.passes.taps import insert_taps_pass
 
-pytestmark = pytest.mark.backend
 
 
 def _value(x):
