@@ -29,7 +29,6 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -39,6 +38,7 @@ import keras
 import numpy as np
 
 import kerasurgery as ks
+from _timing import timings  # noqa: E402
 from kerasurgery.attribution import plan as gradient_plans
 
 SHAPE = (96, 96, 3)
@@ -77,17 +77,6 @@ def hand_written_tape(model: keras.Model, addresses: list[str]):
         return [np.concatenate(parts) for parts in zip(*per_batch(x))]
 
     return run, per_batch, len(tensors) + 1
-
-
-def timings(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """Wall times of each callable, run interleaved (as `_timing.median_times`), every repeat kept."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def main() -> None:
