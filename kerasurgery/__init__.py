@@ -48,10 +48,10 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "delete_layer": ("kerasurgery.passes.layer_edits", "delete_layer"),
     "patch": ("kerasurgery.passes.patch", "patch"),
     # running over data
-    "collect": ("kerasurgery.runtime.collect", "collect"),
+    "collect": ("kerasurgery.engines.dispatch", "collect"),  # in process, or on Ray for a ray.data.Dataset
     "load_activations": ("kerasurgery.runtime.activations", "load_activations"),
     "Activations": ("kerasurgery.runtime.activations", "Activations"),
-    "calibrate": ("kerasurgery.stats.calibrate", "calibrate"),
+    "calibrate": ("kerasurgery.engines.dispatch", "calibrate"),
     "Calibration": ("kerasurgery.stats.results", "Calibration"),
     "PointStats": ("kerasurgery.stats.results", "PointStats"),
     "merge": ("kerasurgery.stats.results", "merge"),
@@ -105,6 +105,5 @@ if TYPE_CHECKING or "sphinx" in sys.modules:  # static names for type checkers a
     from kerasurgery.passes.taps import insert_taps
     from kerasurgery.recorder import ActivationRecorder
     from kerasurgery.runtime.activations import Activations, load_activations
-    from kerasurgery.runtime.collect import collect
-    from kerasurgery.stats.calibrate import calibrate
+    from kerasurgery.engines.dispatch import calibrate, collect
     from kerasurgery.stats.results import Calibration, PointStats, merge
