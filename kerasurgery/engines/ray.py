@@ -129,6 +129,15 @@ def _ship_model(model: keras.Model, model_path: Any) -> tuple[bytes | None, str 
     return None, str(path), fingerprint(model)
 
 
+def custom_modules(model: keras.Model) -> list[str]:
+    """Modules of the model's layers that are neither Keras's nor kerasurgery's (workers import them first)."""
+    from kerasurgery.keras_internals import all_layers
+
+    found = {type(layer).__module__ for layer in [model, *all_layers(model)]}
+    return sorted(m for m in found if m.split(".")[0] not in ("keras", "kerasurgery", "keras_hub", "builtins")
+                  and m != "__main__")
+
+
 def _check_options(o: dict) -> dict:
     o["actors"] = optional_positive_int(o["actors"], "actors", meaning="a pool Ray sizes itself")
     for name in ("cpus_per_actor", "gpus_per_actor"):
@@ -181,7 +190,8 @@ def run_blocks(kind: str, model: keras.Model, data: Any, points: Any, *, columns
     model_bytes, model_path, print_ = _ship_model(model, o["model_path"])
     job = {"kind": kind, "points": points, "batch_size": batch_size, "options": options, "columns": columns,
            "input_names": [s.name for s in input_specs(model)], "backend": o["worker_backend"],
-           "model_path": model_path, "fingerprint": print_, "folder": folder, "resume": o["resume"]}
+           "model_path": model_path, "fingerprint": print_, "folder": folder, "resume": o["resume"],
+           "imports": custom_modules(model)}
     init()  # a local cluster, if none was started
     pool = (ray.data.ActorPoolStrategy(size=o["actors"]) if o["actors"] else
             ray.data.ActorPoolStrategy(min_size=1, max_size=None))

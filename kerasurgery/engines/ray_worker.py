@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import pickle
@@ -120,7 +121,8 @@ class BlockWorker:
             ``points``, ``batch_size``, ``options`` (keyword arguments of the
             in-process call), ``columns`` (dataset columns in the order of the
             model's inputs, or one column), ``input_names``, ``backend``,
-            ``model_path`` and ``fingerprint`` (or None), ``folder``, ``resume``.
+            ``model_path`` and ``fingerprint`` (or None), ``folder``, ``resume``,
+            ``imports`` (modules of custom layers, imported before loading).
         model_bytes: the ``.keras`` file's bytes when the model travels
             through Ray's object store (``model_path`` None).
     """
@@ -139,6 +141,15 @@ class BlockWorker:
                 "KERAS_BACKEND was set). Start the workers afresh (`ray stop`), or pass worker_backend="
                 f"'{keras.backend.backend()}'."
             )
+        for name in job.get("imports", ()):
+            try:
+                importlib.import_module(name)
+            except ImportError as e:
+                raise DataError(
+                    f"Expected module '{name}' (custom layers of the model) to be importable on the Ray workers. "
+                    f"Received: {e}. Install it on the workers, or ship it: kerasurgery.engines.ray.init("
+                    "runtime_env={'py_modules': [its package]})."
+                ) from None
         if model_bytes is not None:
             with tempfile.TemporaryDirectory(prefix="kerasurgery-model-") as folder:
                 path = os.path.join(folder, "model.keras")
