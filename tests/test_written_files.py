@@ -279,7 +279,7 @@ def test_collect_return_type_is_annotated():
 
     from kerasurgery.runtime.collect import collect
 
-    assert ks.collect is collect
+    assert ks.collect.__wrapped__ is collect  # the public one hands Ray datasets to kerasurgery.engines
     plain, to_file = typing.get_overloads(collect)
     assert typing.get_type_hints(plain)["return"] == dict[str, np.ndarray]
     assert typing.get_type_hints(to_file)["return"] is ks.Activations
