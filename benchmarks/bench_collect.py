@@ -7,12 +7,15 @@ Prints, measured side by side in one process on MobileNetV2 (weights=None,
   also the first (cold) collect, which builds the probe and traces it;
 - the same work with Keras alone: one multi-output model (``keras.Model``
   with a dict of every layer output) and one model per layer, each / predict;
-- calibrate(every point, 256 samples) / model.predict, target <= 1.5 (default
-  sample=2048 values per input sample); also exact (sample=None), with
-  sample=1 (one value per input sample: close to the cost of the exact min
-  and max alone, the floor), of every ':pre' point, and per channel;
+- calibrate(every address of ks.points, 256 samples) / model.predict with the
+  defaults (count, min, max, mean, std exact; histogram, percentiles and
+  zeros from sample=256 values per input sample), goal <= 2; also every
+  layer output (points=None), exact histograms too (sample=None), sample=1
+  (one value per input sample: close to the cost of the exact statistics
+  alone, the floor), every ':pre' point (target <= 1.5), and per channel;
 - what passes over every point cost (--only passes): the probe of every
-  point with min, then max, sum, sum of squares added, each / predict;
+  point with min, then max, sum, centred sum of squares added (what
+  calibrate computes over every value), each / predict;
 - peak memory (RSS, in fresh subprocesses, data from a generator so the input
   is not held) of calibrate and collect(path=...) on 4x the data / on 1x,
   target about 1.0.
@@ -33,6 +36,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's kerasurgery
 
 import keras
 import numpy as np
@@ -114,24 +118,43 @@ def bench_calibrate(model, repeats: int) -> None:
     x = images(256)
     pre = ks.points(model, "*:pre")
     every = ks.points(model)
+    outputs = runner.resolve(model, None)
     runs = {
-        f"every point ({len(every)})": {},
-        "every point, sample=None (exact)": {"sample": None},
-        "every point, sample=1 (~ exact min/max alone)": {"sample": 1},
+        f"every point ({len(every)})": {"points": every},
+        f"every layer output, points=None ({len(outputs)})": {},
+        "every point, sample=None (exact)": {"points": every, "sample": None},
+        "every point, sample=1 (~ exact statistics alone)": {"points": every, "sample": 1},
         f"every ':pre' ({len(pre)})": {"points": pre},
-        "every point, per channel (128 bins)": {"per_channel": True},
+        "every point, per channel (128 bins)": {"points": every, "per_channel": True},
     }
     for kwargs in runs.values():
         ks.calibrate(model, x[:BATCH], progress=False, **kwargs)
     predict(model, x[:BATCH])
     fns = {"predict": lambda: predict(model, x)}
     fns.update({name: (lambda kw=kwargs: ks.calibrate(model, x, progress=False, **kw)) for name, kwargs in runs.items()})
-    t = median_times(fns, repeats=repeats)
+    t, cpu = median_wall_and_cpu(fns, repeats=repeats)
     base = t["predict"]
-    print(f"MobileNetV2 96x96, {len(x)} samples: model.predict {base:.2f}s")
+    print(f"MobileNetV2 96x96, {len(x)} samples, batch {BATCH}: model.predict {base:.2f}s "
+          f"(ratios of wall time; of process CPU time in brackets)")
     for name in runs:
-        target = "  (target <= 1.5)" if name.startswith("every point (") else ""
-        print(f"  calibrate, {name:38s} {t[name]:6.2f}s  ratio {t[name] / base:5.2f}{target}")
+        target = "  (goal <= 2)" if name.startswith("every point (") else ""
+        target = "  (target <= 1.5)" if name.startswith("every ':pre'") else target
+        print(f"  calibrate, {name:48s} {t[name]:6.2f}s  ratio {t[name] / base:5.2f} "
+              f"[{cpu[name] / cpu['predict']:5.2f}]{target}")
+
+
+def median_wall_and_cpu(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """Median wall and process CPU times of interleaved repeats: on a shared machine the
+    wall time of every call stretches with the load, its CPU time much less."""
+    wall: dict = {name: [] for name in fns}
+    cpu: dict = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append(time.perf_counter() - w0)
+            cpu[name].append(time.process_time() - c0)
+    return ({n: float(np.median(v)) for n, v in wall.items()}, {n: float(np.median(v)) for n, v in cpu.items()})
 
 
 def bench_passes(model, repeats: int) -> None:
@@ -148,14 +171,15 @@ def bench_passes(model, repeats: int) -> None:
         "+ min": lambda t: ops.min(flat(t)),
         "+ min, max": lambda t: (ops.min(flat(t)), ops.max(flat(t))),
         "+ min, max, sum": lambda t: (ops.min(flat(t)), ops.max(flat(t)), ops.sum(flat(t))),
-        "+ min, max, sum, sum of squares": lambda t: (
-            ops.min(flat(t)), ops.max(flat(t)), ops.sum(flat(t)), ops.sum(ops.square(flat(t)))),
+        "+ min, max, sum, centred squares": lambda t: (
+            ops.min(flat(t)), ops.max(flat(t)), ops.sum(flat(t)),
+            ops.sum(ops.square(flat(t) - ops.sum(flat(t)) / ops.cast(ops.size(t), "float32")))),
     }
 
     def plan(fn):
         def make_post(probe, unique):
             return (lambda outputs: {k: fn(outputs[k]) for k in unique}), ()
-        return runner.plan_for(model, None, default="all", tag=("passes", id(fn)), make_post=make_post)
+        return runner.plan_for(model, ks.points(model), tag=("passes", id(fn)), make_post=make_post)
 
     plans = {name: plan(fn) for name, fn in variants.items()}
 
@@ -203,7 +227,7 @@ def memory_worker(kind: str, samples: int) -> dict:
 
     def job(n):
         if kind == "calibrate":
-            ks.calibrate(model, batches(n), progress=False)
+            ks.calibrate(model, batches(n), ks.points(model), progress=False)
         else:
             ks.collect(model, batches(n), path=path, overwrite=True, progress=False).close()
 
@@ -247,6 +271,8 @@ def main() -> None:
         print(json.dumps(memory_worker(args.memory_worker[0], int(args.memory_worker[1]))))
         return
     repeats = 3 if args.quick else 5
+    print(f"kerasurgery from {os.path.dirname(ks.__file__)}, Keras backend {keras.backend.backend()}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     model = mobilenet()
     if args.only in (None, "collect"):
         bench_collect(model, repeats, per_layer=not (args.quick or args.skip_per_layer))

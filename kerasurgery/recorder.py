@@ -105,15 +105,18 @@ class ActivationRecorder(keras.callbacks.Callback):
 
     Args:
         points: addresses, globs, a list of them or a predicate (see
-            `kerasurgery.points`).
+            `kerasurgery.points`); None means every layer output (the plain
+            output of every layer and operation: no inputs, no ``:pre`` or
+            ``:scores``), as in `kerasurgery.collect` and
+            `kerasurgery.calibrate`.
         data: data to record on, read again at every record: arrays, a
             `tf.data.Dataset`, a `keras.utils.PyDataset` or a re-iterable of
             batches (not a one-shot generator). See `kerasurgery.collect`.
         every: record after epochs ``every - 1``, ``2 * every - 1``, ...
-        path: write the records to this HDF5 file (one dataset per point,
-            shaped ``(records, samples, ...)``, attribute ``epochs``) instead of
-            keeping them in `history`. The file appears after the first
-            record and is complete after each one.
+        path: write the records to this HDF5 file (``.h5`` or ``.hdf5``; one
+            dataset per point, shaped ``(records, samples, ...)``, attribute
+            ``epochs``) instead of keeping them in `history`. The file appears
+            after the first record and is complete after each one.
         batch_size: rows per batch for arrays.
         training: record with layers in training mode.
         overwrite: allow `path` to replace an existing file.
@@ -138,7 +141,7 @@ class ActivationRecorder(keras.callbacks.Callback):
 
     def __init__(
         self,
-        points: Selector,
+        points: Selector | None,
         data: Any,
         *,
         every: int = 1,

@@ -103,7 +103,10 @@ def collect(
             iterable of batches. ``(x, y)`` and ``(x, y, w)`` work, ``y`` is
             ignored. See `kerasurgery.data`.
         points: addresses, globs, a list of them or a predicate (see
-            `kerasurgery.points`); None means every layer output.
+            `kerasurgery.points`); None means every layer output (the plain
+            output of every layer and operation: no inputs, no ``:pre`` or
+            ``:scores``), as in `kerasurgery.calibrate` and
+            `kerasurgery.ActivationRecorder`.
         batch_size: rows per batch for arrays (batched sources keep theirs).
         training: run Dropout, BatchNormalization, ... in training mode.
         path: write the activations to this file instead of returning

@@ -39,12 +39,16 @@ class Plan:
         keys: ``{address: key}``; addresses naming the same tensor share a key
             (the first such address), which is what the step returns.
         step: the compiled stateless forward pass.
+        variants: other steps over the same probe, built on demand by their
+            user and cached with the plan (such as `calibrate`'s reductions
+            that leave NaN and infinities out), by name.
     """
 
     probe: keras.Model
     addresses: list[str]
     keys: dict[str, str]
     step: backend.Step
+    variants: dict[str, backend.Step] = dataclasses.field(default_factory=dict)
 
     @property
     def unique(self) -> list[str]:
@@ -60,18 +64,18 @@ def clear_cache() -> None:
     _PLANS.clear()
 
 
-def resolve(model: keras.Model, points: Selector | None, *, default: str = "outputs") -> list[str]:
-    """Addresses selected by `points`; None means `default`.
+def resolve(model: keras.Model, points: Selector | None) -> list[str]:
+    """Addresses selected by `points`.
 
-    ``default="outputs"`` is every layer output (plain outputs of every
-    non-input node); ``"all"`` is every address of `kerasurgery.points`.
+    None means every layer output: the plain output of every non-input node
+    (no inputs, no ``:pre`` or ``:scores`` ports), in topological order. It
+    means the same in `collect`, `calibrate` and `ActivationRecorder`, which
+    all resolve points here.
     """
     graph = graph_for(model, points)
     resolver = Resolver(graph)
     if points is not None:
         return list(resolver.select(points, what="points"))
-    if default == "all":
-        return list(resolver.points())
     chosen = resolver.select(resolver.points(), what="points")
     return [
         a for a, p in chosen.items() if p.port is None and graph.nodes[p.node].get("kind") != "input"
@@ -83,7 +87,6 @@ def plan_for(
     points: Selector | None,
     *,
     training: bool = False,
-    default: str = "outputs",
     tag: Any = "collect",
     make_post: Callable[[keras.Model, list[str]], tuple[Callable, tuple]] | None = None,
 ) -> Plan:
@@ -91,9 +94,9 @@ def plan_for(
 
     Args:
         model: a Functional or Sequential model.
-        points: selector as in `kerasurgery.expose`, or None (see `resolve`).
+        points: selector as in `kerasurgery.expose`, or None: every layer
+            output (see `resolve`).
         training: run layers in training mode.
-        default: what ``points=None`` means (see `resolve`).
         tag: hashable description of `make_post` (part of the cache key).
         make_post: given the probe and its distinct output keys, returns
             ``(post, extra)``: the function applied in-graph to the probe's
@@ -103,7 +106,7 @@ def plan_for(
     """
     if not isinstance(training, bool):
         raise DataError(f"Expected `training` to be True or False. Received: training={training!r}.")
-    addresses = resolve(model, points, default=default)
+    addresses = resolve(model, points)
     key = (tuple(addresses), training, tag)
     cache = _PLANS.setdefault(model, collections.OrderedDict())
     if key in cache:

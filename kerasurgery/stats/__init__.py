@@ -5,6 +5,7 @@
                 the host
 `reduce`        the in-graph reductions of each point (layouts, sampling)
 `grid`          mergeable histograms on a power-of-two grid
+`moments`       the running statistics of one point and their merge (host)
 `results`       `PointStats`, `Calibration`, `merge` (JSON round trip)
 ==============  =============================================================
 """

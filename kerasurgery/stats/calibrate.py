@@ -8,22 +8,31 @@ formula for mean and variance; histograms on a shared power-of-two grid, see
 `kerasurgery.stats.grid`). The same merge combines the statistics of two shards
 into those of the whole.
 
-Cost. Every statistic is a pass over every value of every point, and on a CPU
-a pass costs about a third of the forward pass that produced the value, so
-exact statistics of every point (min, max, mean, variance, zeros and the
-histogram: about 14 passes) cost 4-6 forward passes. Hence `sample`: min,
-max and the counts always see every value (2 passes), while the histogram,
-percentiles, mean, std and zero fraction are computed from at most `sample`
-values of each point per input sample, taken as contiguous blocks (a gather
-that reads only those blocks), spread evenly over the sample and rotating from
-sample to sample so that every position is covered over the dataset. Points
-with fewer values per sample are exact. And where a point is the output of a
-ReLU-family activation layer whose input is also a point, its min and max are
-that function of the input's min and max (exact, and one pass less each).
+What is exact. Count, min, max, mean and variance (and how many values were
+NaN, +inf, -inf) always see every value: sum, min, max and a centred sum of
+squares are four passes over each point. The rest is a pass each, and the
+histogram several: on a CPU one pass costs about a third of the forward pass
+that produced the values, so exact histograms of every point cost 4-6
+forward passes. Hence `sample`: the histogram, percentiles and zero fraction
+are computed from at most `sample` values of each point per input sample,
+taken as contiguous blocks (a gather that reads only those blocks), spread
+evenly over the sample and rotating from sample to sample so that every
+position is covered over the dataset. Points with fewer values per sample
+are exact. And where a point is the output of a ReLU-family activation layer
+whose input is also a point, its min and max are that function of the
+input's min and max (exact, and two passes less).
+
+Non-finite values (NaN, +inf, -inf) are counted per point and left out of
+every other statistic, and `calibrate` warns once, naming the points. They
+cost nothing while there are none: the host checks each batch's sums, and
+only a batch whose sums are not finite runs again, through a second step
+whose reductions leave them out (kept with the plan, traced on first need).
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
@@ -33,15 +42,38 @@ from kerasurgery.address.selector import Selector
 from kerasurgery.checks import is_int, optional_positive_int, positive_int
 from kerasurgery.errors import DataError
 from kerasurgery.runtime import backend
-from kerasurgery.runtime.inputs import adapt, check_batch_size
+from kerasurgery.runtime.inputs import Source, adapt, check_batch_size, pack
 from kerasurgery.runtime.loop import run
 from kerasurgery.runtime.plan import plan_for
 from kerasurgery.stats.reduce import Layout, derived_extremes, layout, reduce_all
-from kerasurgery.stats.results import DEFAULT_PERCENTILES, Calibration, PointStats, _Moments
+from kerasurgery.stats.moments import Moments
+from kerasurgery.stats.results import DEFAULT_PERCENTILES, Calibration, PointStats
 
 __all__ = ["DEFAULT_SAMPLE", "calibrate"]
 
 DEFAULT_SAMPLE = 256
+
+
+class _Replayable:
+    """A `Source` that keeps each batch until `take` hands it back, so that a
+    batch can run again (`run` has at most two batches in flight)."""
+
+    def __init__(self, source: Source):
+        self.source = source
+        self.kept: dict[int, list[np.ndarray]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.source, name)
+
+    def __iter__(self) -> Iterator[list[np.ndarray]]:
+        start = 0
+        for arrays in self.source:
+            self.kept[start] = arrays
+            yield arrays
+            start += int(arrays[0].shape[0])
+
+    def take(self, start: int) -> list[np.ndarray]:
+        return self.kept.pop(start)
 
 
 class _Accumulator:
@@ -52,12 +84,19 @@ class _Accumulator:
     into one ``(3, channels)`` array, so that batches usually land on the
     running histogram windows; and the first gathered block of every sampled
     point for each input sample, ``(rows, points)``.
+
+    A batch whose sums are not finite has a NaN or an infinity somewhere: its
+    reductions are thrown away and `again(arrays, extra)` reduces it again,
+    leaving those values out (``reduce_all(..., finite_only=True)``).
     """
 
-    def __init__(self, bins: int, layouts: dict[str, Layout]):
+    def __init__(self, bins: int, layouts: dict[str, Layout], source: _Replayable,
+                 again: Callable[[list, tuple], dict]):
         self.bins = bins
         self.layouts = layouts
-        self.state: dict[str, _Moments] = {}
+        self.source = source
+        self.again = again
+        self.state: dict[str, Moments] = {}
         self.shapes = {k: lay.shape for k, lay in layouts.items()}  # per-sample shapes (None where they vary)
         self.seen: set[str] = set()  # points whose batch shapes were read (non-static ones)
         self.steps = np.array([lay.step for lay in layouts.values()], np.int64)
@@ -83,13 +122,16 @@ class _Accumulator:
         return np.concatenate(parts, axis=1), offsets.astype(np.int32)
 
     def write(self, start: int, rows: int, outputs: dict) -> None:
+        arrays = self.source.take(start)
+        if not all(np.all(np.isfinite(backend.as_numpy(parts["sum"]))) for parts in outputs.values()):
+            outputs = self.again(arrays, self.extra(start, rows))
         for key, parts in outputs.items():
             if "shape" in parts:  # a shape that is not static: keep the dims every batch agrees on
                 shape = tuple(int(d) for d in backend.as_numpy(parts["shape"])[1:])
                 seen = self.shapes[key] if key in self.seen else shape
                 self.shapes[key] = tuple(a if a == b else None for a, b in zip(seen, shape))
                 self.seen.add(key)
-            batch = _Moments.from_batch(parts)
+            batch = Moments.from_batch(parts)
             self.state[key] = batch if key not in self.state else self.state[key].merge(batch, self.bins)
 
 
@@ -115,12 +157,21 @@ def calibrate(
     never kept, so memory does not grow with the data. Typical use: ranges of
     every pre-activation (``"*:pre"``) for post-training quantization.
 
+    ``count``, ``min``, ``max``, ``mean`` and ``std`` are exact (every value);
+    the histogram, percentiles and zero fraction come from a sample of each
+    large point unless ``sample=None`` (see `sample`). NaN and infinite
+    values are counted (``PointStats.nan``, ``posinf``, ``neginf``) and left
+    out of every other statistic, with one ``UserWarning`` per call naming
+    the points that had them.
+
     Args:
         model: a Functional or Sequential model.
         data: as for `kerasurgery.collect`.
-        points: addresses, globs, list or predicate; None means every address
-            of `kerasurgery.points(model)` (inputs, ``:pre`` and ``:scores``
-            included).
+        points: addresses, globs, list or predicate; None means every layer
+            output (the plain output of every layer and operation: no inputs,
+            no ``:pre`` or ``:scores``), as in `kerasurgery.collect`. Pass
+            ``"*:pre"`` for the pre-activations, ``kerasurgery.points(model)``
+            for every address.
         batch_size: rows per batch for arrays.
         progress: show a progress bar (None: when stdout is a terminal).
         bins: histogram cells per point (and per channel); None: 2048, or
@@ -132,14 +183,14 @@ def calibrate(
         training: run layers in training mode (the model is not changed).
         steps: read at most this many batches.
         sample: values of a point per input sample (all channels together)
-            from which its histogram, percentiles, mean, std and zero
-            fraction are computed (per channel: ``sample // channels``
-            positions, at least one). Points with more are sampled in
-            contiguous blocks spread over the sample, shifted from one input
-            sample to the next so that every position is covered over the
-            dataset. ``min``, ``max`` and ``count`` always see every value.
-            None: every value (exact; on a large model about 3x slower, see
-            docs/performance.md).
+            from which its histogram, percentiles and zero fraction are
+            computed (per channel: ``sample // channels`` positions, at least
+            one). Points with more are sampled in contiguous blocks spread
+            over the sample, shifted from one input sample to the next so
+            that every position is covered over the dataset. ``count``,
+            ``min``, ``max``, ``mean``, ``std`` and the non-finite counts
+            always see every value. None: every value (exact histograms; on
+            a large model about 3x slower, see docs/performance.md).
 
     Returns:
         A `Calibration`: ``{address: PointStats}``.
@@ -174,22 +225,35 @@ def calibrate(
     def layouts(probe: keras.Model, unique: list[str]) -> dict[str, Layout]:
         return {k: layout(probe.output[k], per_channel, channel_axis, sample) for k in unique}
 
-    def make_post(probe: keras.Model, unique: list[str]) -> tuple:
+    def make_post(probe: keras.Model, unique: list[str], finite_only: bool = False) -> tuple:
         lays = layouts(probe, unique)
         offsets = np.cumsum([0, *(lay.channels for lay in lays.values())])
-
-        derived = derived_extremes(probe, lays)
+        derived = {} if finite_only else derived_extremes(probe, lays)
 
         def post(outputs: dict, running: Any, first: Any) -> dict:
-            return reduce_all(outputs, lays, derived, bins, running, first)
+            return reduce_all(outputs, lays, derived, bins, running, first, finite_only=finite_only)
 
         return post, (((3, int(offsets[-1])), "float32"), ((None, len(unique)), "int32"))
 
     tag = ("stats", bins, per_channel, channel_axis, sample)
-    plan = plan_for(model, points, training=training, default="all", tag=tag, make_post=make_post)
+    plan = plan_for(model, points, training=training, tag=tag, make_post=make_post)
+    careful = plan.variants.get("finite only")  # the same reductions leaving NaN and infinities out
+    if careful is None:
+        careful_post, extra = make_post(plan.probe, plan.unique, finite_only=True)
+        careful = plan.variants["finite only"] = backend.Step(plan.probe, training, careful_post, extra)
+    started = False
+
+    def again(arrays: list, extra: tuple) -> dict:
+        """A batch with NaN or infinities, reduced again (traced on first use only)."""
+        nonlocal started
+        if not started:  # (re)reads the model's current variables
+            careful.start()
+            started = True
+        return careful(pack(plan.probe, arrays), *extra)
+
     lays = layouts(plan.probe, plan.unique)
-    source = adapt(data, plan.probe, batch_size=batch_size, steps=steps)
-    sink = _Accumulator(bins, lays)
+    source = _Replayable(adapt(data, plan.probe, batch_size=batch_size, steps=steps))
+    sink = _Accumulator(bins, lays, source, again)
     samples = run(plan, source, sink, progress=progress)
     result = Calibration(model=model.name)
     for address, key in plan.keys.items():
@@ -199,4 +263,21 @@ def calibrate(
             channel_axis=lays[key].axis, bins=bins, samples=samples, moments=sink.state[key], percentiles=qs,
             sample=sample,
         )
+    _warn_non_finite(result)
     return result
+
+
+def _warn_non_finite(result: Calibration, shown: int = 8) -> None:
+    """One `UserWarning` naming the points that had NaN or infinite values, with their counts."""
+    bad = {a: s for a, s in result.items() if np.sum(s.finite) < s.count * np.size(s.finite)}
+    if not bad:
+        return
+    described = [f"{a!r} ({int(np.sum(s.nan))} NaN, {int(np.sum(s.posinf))} +inf, {int(np.sum(s.neginf))} -inf)"
+                 for a, s in list(bad.items())[:shown]]
+    more = f" and {len(bad) - shown} more" if len(bad) > shown else ""
+    warnings.warn(
+        f"calibrate: {len(bad)} point(s) of model {result.model!r} had values that are not finite: "
+        f"{', '.join(described)}{more}. Their min, max, mean, std, zeros, histogram and percentiles "
+        "describe the finite values only; the counts are in PointStats.nan, .posinf and .neginf.",
+        UserWarning, stacklevel=3,
+    )

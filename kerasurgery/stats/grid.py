@@ -88,15 +88,25 @@ def window(lo: Any, hi: Any, bins: int, running: tuple | None = None) -> tuple[A
     return e, ops.floor(lo * inv), inv
 
 
-def count(x: Any, inv: Any, start: Any, bins: int) -> Any:
+def count(x: Any, inv: Any, start: Any, bins: int, *, finite_only: bool = False) -> Any:
     """In-graph int32 counts ``(channels, bins)`` of the columns of `x` ``(rows, channels)``
-    in the windows ``(inv, start)`` of `window`. Non-finite values fall in the edge bins."""
+    in the windows ``(inv, start)`` of `window`.
+
+    Values outside a window fall in its edge bins. With `finite_only`, NaN and
+    infinite values are not counted (two more passes over `x`); without it,
+    `x` must be finite.
+    """
     channels = x.shape[-1]
     cell = ops.floor(x * inv) - start  # exact: x * 2**-e is exact, both sides integers
     index = ops.clip(ops.cast(cell, "int32"), 0, bins - 1)
     if channels != 1:
         index = index + ops.arange(channels, dtype="int32") * bins
-    counts = backend.count_bins(ops.reshape(index, (-1,)), channels * bins)
+    length = channels * bins
+    if not finite_only:
+        counts = backend.count_bins(ops.reshape(index, (-1,)), length)
+    else:  # non-finite values go to one more cell, dropped
+        index = ops.where(ops.isfinite(x), index, length)
+        counts = backend.count_bins(ops.reshape(index, (-1,)), length + 1)[:length]
     return ops.reshape(counts, (channels, bins))
 
 

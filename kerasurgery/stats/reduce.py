@@ -4,9 +4,16 @@ Each point gets a `Layout` once, from its static shape: its channel axis,
 and, when it is sampled, which contiguous blocks of each input sample are
 gathered (spread evenly over the sample and rotating from sample to sample so
 that every position is covered over the dataset). `reduce_all` then turns a
-batch of every point into a few numbers per point with `keras.ops`: min and
-max of every value, mean, variance, zeros and a histogram (on the grid of
-`kerasurgery.stats.grid`) of the sampled values.
+batch of every point into a few numbers per point with `keras.ops`: over
+every value, the count, min, max, sum, and sum of squares centred on the
+batch's mean (of the finite values), and how many values were NaN, +inf and
+-inf; over the sampled values, the exact zeros and a histogram of the finite
+ones (on the grid of `kerasurgery.stats.grid`).
+
+Non-finite values cost nothing while there are none: every point's values
+are summed anyway, and only a batch where a sum is not finite is reduced
+again, by a second compiled step, with the reductions that leave them out
+(``reduce_all(..., finite_only=True)``; see `kerasurgery.stats.calibrate`).
 """
 
 from __future__ import annotations
@@ -182,12 +189,12 @@ def _columns(reduce: Any, v: Any, fold: int) -> Any:
     return reduce(v, axis=0)
 
 
-def _extremes(x: Any, lay: Layout) -> tuple[Any, Any]:
-    """Exact min and max of every value of `x` (channels last), per channel or whole."""
-    if lay.axis is None:
-        return ops.reshape(ops.min(x), (1,)), ops.reshape(ops.max(x), (1,))
-    rows = ops.reshape(x, (-1, lay.channels))
-    return _columns(ops.min, rows, lay.fold), _columns(ops.max, rows, lay.fold)
+def _over_rows(reduce: Any, rows: Any, per_channel: bool, fold: int) -> Any:
+    """`reduce` over the rows of a ``(rows, channels)`` tensor: shape ``(channels,)``
+    per channel, or ``(1,)`` for the whole tensor (one full reduction)."""
+    if not per_channel:
+        return ops.reshape(reduce(rows), (1,))
+    return _columns(reduce, rows, fold)
 
 
 def _gather(x: Any, lay: Layout, offsets: Any) -> Any:
@@ -204,72 +211,139 @@ def _gather(x: Any, lay: Layout, offsets: Any) -> Any:
     return ops.reshape(ops.take(blocks, index, axis=0), (-1, lay.channels))
 
 
-def _reduce(t: Any, lay: Layout, offsets: Any, extremes: tuple | None = None) -> tuple:
-    """In-graph reductions of one point, but for the histogram.
+def _all_finite(rows: Any, lay: Layout, total: Any, extremes: tuple | None) -> dict:
+    """The exact statistics of every value, valid when all of them are finite.
 
-    Returns ``(values, stats)``: `values` the rows ``(n, channels)`` the
-    distribution statistics describe (all, or the sample), and `stats` a dict
-    with ``count`` (rows seen by min and max: all of them), ``n``, ``min``,
-    ``max``, ``mean``, ``var``, ``zeros`` and, only where the per-sample shape
-    is not static, ``shape`` (this batch's shape).
-    `extremes`, if given, is the point's exact ``(min, max)`` (see
-    `_derived_extremes`).
+    `total` is their sum (already computed); ``m2``, the sum of squared
+    deviations from this batch's mean (``Sub`` then ``Square`` with no other
+    consumer: TensorFlow fuses them into one ``SquaredDifference`` pass).
+    `extremes`, if given, is the point's ``(min, max)`` (see
+    `derived_extremes`).
+    """
+    per_channel = lay.axis is not None
+    mean = total / ops.cast(ops.maximum(ops.shape(rows)[0], 1), "float32")
+    if extremes is None:
+        extremes = (_over_rows(ops.min, rows, per_channel, lay.fold), _over_rows(ops.max, rows, per_channel, lay.fold))
+    none = ops.zeros((lay.channels,), "int32")
+    return {
+        "min": extremes[0], "max": extremes[1], "sum": total,
+        "m2": _over_rows(ops.sum, ops.square(rows - mean), per_channel, lay.fold),
+        "nan": none, "posinf": none, "neginf": none,
+    }
+
+
+def _finite_only(rows: Any, lay: Layout) -> dict:
+    """The exact statistics of the finite values, and how many values were NaN, +inf, -inf.
+
+    Only run again for a batch with a non-finite value (see `reduce_all`):
+    it costs several more passes than `_all_finite`.
+    """
+    per_channel = lay.axis is not None
+
+    def over(reduce: Any, v: Any) -> Any:
+        return _over_rows(reduce, v, per_channel, lay.fold)
+
+    def how_many(mask: Any) -> Any:
+        return over(ops.sum, ops.cast(mask, "int32"))
+
+    finite = ops.isfinite(rows)
+    total = over(ops.sum, ops.where(finite, rows, 0.0))
+    mean = total / ops.cast(ops.maximum(how_many(finite), 1), "float32")
+    return {
+        "min": over(ops.min, ops.where(finite, rows, float("inf"))),
+        "max": over(ops.max, ops.where(finite, rows, float("-inf"))),
+        "sum": total,
+        "m2": over(ops.sum, ops.where(finite, ops.square(rows - mean), 0.0)),
+        "nan": how_many(ops.isnan(rows)),
+        "posinf": how_many(ops.equal(rows, float("inf"))),
+        "neginf": how_many(ops.equal(rows, float("-inf"))),
+    }
+
+
+@dataclasses.dataclass
+class _Point:
+    """One point reduced in the graph, but for its histogram.
+
+    Attributes:
+        values: the rows ``(n, channels)`` the sampled statistics describe
+            (all of them, or the sample).
+        stats: ``count`` (values per channel), ``sampled`` (rows of
+            `values`), ``min``, ``max``, ``sum``, ``m2`` (of the finite
+            values), ``nan``, ``posinf``, ``neginf`` (see `_all_finite` and
+            `_finite_only`), ``zeros`` (of `values`) and, only where the
+            per-sample shape is not static, ``shape`` (this batch's shape).
+    """
+
+    values: Any
+    stats: dict
+
+
+def _point(t: Any, lay: Layout, offsets: Any, finite_only: bool, source: _Point | None = None,
+           fn: Any = None) -> _Point:
+    """In-graph reductions of one point, but for its histogram.
+
+    `finite_only` chooses `_finite_only` over `_all_finite`. If `source` is
+    given, this point's min and max are ``fn`` of the source point's (see
+    `derived_extremes`), which holds when every value is finite.
     """
     x = ops.cast(t, "float32")
     if lay.axis is not None and lay.axis != len(t.shape) - 1:
         x = ops.moveaxis(x, lay.axis, -1)
-    lo, hi = _extremes(x, lay) if extremes is None else extremes
-    everything = ops.reshape(x, (-1, lay.channels))
+    rows = ops.reshape(x, (-1, lay.channels))
+    if finite_only:
+        exact = _finite_only(rows, lay)
+    else:
+        extremes = None if source is None else (fn(source.stats["min"]), fn(source.stats["max"]))
+        exact = _all_finite(rows, lay, _over_rows(ops.sum, rows, lay.axis is not None, lay.fold), extremes)
     if lay.sampled:
         values, fold = _gather(x, lay, offsets), lay.sample_fold
     else:
-        values, fold = everything, lay.fold
-    n = ops.shape(values)[0]
-    mean = _columns(ops.sum, values, fold) / ops.cast(n, "float32")
-    var = _columns(ops.sum, ops.square(values - mean), fold) / ops.cast(n, "float32")
-    zeros = _columns(ops.sum, ops.cast(ops.equal(values, 0.0), "int32"), fold)
-    count = ops.cast(ops.shape(everything)[0], "int32")
-    stats = {"count": count, "n": ops.cast(n, "int32"), "min": lo, "max": hi, "mean": mean, "var": var, "zeros": zeros}
+        values, fold = rows, lay.fold
+    zeros = _over_rows(ops.sum, ops.cast(ops.equal(values, 0.0), "int32"), lay.axis is not None, fold)
+    stats = {"count": ops.cast(ops.shape(rows)[0], "int32"), "sampled": ops.cast(ops.shape(values)[0], "int32"),
+             **exact, "zeros": zeros}
     if lay.rows is None:  # the shape of this batch, only where the per-sample shape is not static
         stats["shape"] = ops.stack([ops.cast(d, "int32") for d in ops.shape(t)])
-    return values, stats
+    return _Point(values, stats)
 
 
 def reduce_all(outputs: dict, lays: dict[str, Layout], derived: dict, bins: int, running: Any,
-                first: Any) -> dict:
+                first: Any, *, finite_only: bool = False) -> dict:
     """In-graph statistics of every point: ``{key: stats}`` with the keys of
-    `_reduce` plus the histogram's ``exponent``, ``start`` and ``counts``.
+    `_Point.stats` plus the histogram's ``exponent``, ``start`` and ``counts``.
 
-    The histogram windows of all points are computed together, on their
-    concatenated ranges (one set of small ops instead of one per point).
+    Without `finite_only` the statistics hold only if every value is finite,
+    which the host checks on the sums (a sum is finite if and only if every
+    value it adds up is, barring float32 overflow); with it, NaN and infinite
+    values are counted and left out (several more passes). The histogram
+    windows of all points are computed together, on their concatenated
+    ranges (one set of small ops instead of one per point).
     `running` is ``(3, channels)``: every point's running ``(lo, hi, e)``,
     concatenated; `first` ``(rows, points)``: the first gathered block of
     each input sample (see `_gather`).
     """
-    reduced: dict = {}
+    reduced: dict[str, _Point] = {}
     position = {k: j for j, k in enumerate(lays)}
 
-    def reduce(k: str) -> tuple:
+    def reduce(k: str) -> _Point:
         if k not in reduced:
-            extremes = None
-            if k in derived:
-                source, fn = derived[k]
-                lo, hi = reduce(source)[1]["min"], reduce(source)[1]["max"]
-                extremes = (fn(lo), fn(hi))
-            reduced[k] = _reduce(outputs[k], lays[k], first[:, position[k]], extremes)
+            source, fn = (None, None) if finite_only else derived.get(k, (None, None))
+            reduced[k] = _point(outputs[k], lays[k], first[:, position[k]], finite_only,
+                                None if source is None else reduce(source), fn)
         return reduced[k]
 
     for k in lays:
         reduce(k)
-    lo = ops.concatenate([reduced[k][1]["min"] for k in lays], axis=0)
-    hi = ops.concatenate([reduced[k][1]["max"] for k in lays], axis=0)
+    lo = ops.concatenate([reduced[k].stats["min"] for k in lays], axis=0)
+    hi = ops.concatenate([reduced[k].stats["max"] for k in lays], axis=0)
     e, start, inv = grid.window(lo, hi, bins, (running[0], running[1], running[2]))
     result = {}
     at = 0
     for k, lay in lays.items():
-        values, stats = reduced[k]
+        point = reduced[k]
         part = slice(at, at + lay.channels)
         at += lay.channels
-        counts = grid.count(values, inv[part], start[part], bins)
-        result[k] = {**stats, "exponent": e[part], "start": start[part], "counts": counts}
+        counts = grid.count(point.values, inv[part], start[part], bins, finite_only=finite_only)
+        result[k] = {**point.stats, "exponent": e[part], "start": start[part], "counts": counts}
     return result
+

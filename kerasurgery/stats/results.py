@@ -1,95 +1,54 @@
 """The results of `kerasurgery.calibrate`: `PointStats` per point, `Calibration`, `merge`.
 
 Statistics are kept per channel (one channel for per-tensor statistics) in
-float64/int64: count, min, max, mean, the sum of squared deviations ``m2``,
-exact zeros, and a histogram on the shared power-of-two grid of
-`kerasurgery.stats.grid`. Two results over different data merge into the
-result over both (Chan's formula for mean and ``m2``, exact histogram merge),
-and `to_dict`/`from_dict` round-trip exactly through JSON.
+float64/int64 (`kerasurgery.stats.moments.Moments`): over every value, the
+count, how many were NaN, +inf and -inf, and min, max, mean and the sum of
+squared deviations ``m2`` of the finite ones; over the sampled values (every
+value unless the point was sampled), exact zeros and a histogram of the
+finite ones on the shared power-of-two grid of `kerasurgery.stats.grid`.
+Two results over different data merge into the result over both (Chan's
+formula for mean and ``m2``, exact histogram merge), and `to_dict`/`from_dict`
+round-trip exactly through JSON.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any
 
 import numpy as np
 
-from kerasurgery.runtime import backend
-from kerasurgery.stats import grid
 from kerasurgery.errors import DataError
+from kerasurgery.stats import grid
+from kerasurgery.stats.moments import Moments
 
 DEFAULT_PERCENTILES = (0.1, 1.0, 5.0, 50.0, 95.0, 99.0, 99.9)
-
-
-@dataclasses.dataclass
-class _Moments:
-    """Raw running statistics of one point (per channel, float64/int64).
-
-    `count` values (per channel) were seen by `low` and `high`; the other
-    statistics describe the `n` of them that were sampled (all, if not sampled).
-    """
-
-    n: int
-    low: np.ndarray
-    high: np.ndarray
-    mean: np.ndarray
-    m2: np.ndarray
-    zeros: np.ndarray
-    exponent: np.ndarray
-    start: np.ndarray
-    counts: np.ndarray
-    count: int
-
-    @classmethod
-    def from_batch(cls, parts: dict) -> _Moments:
-        """The statistics of one batch, from the in-graph reductions of `kerasurgery.stats.calibrate`."""
-        count, rows, lo, hi, mean, var, zeros, e, start, counts = (
-            backend.as_numpy(parts[k])
-            for k in ("count", "n", "min", "max", "mean", "var", "zeros", "exponent", "start", "counts")
-        )
-        n = int(rows)
-        return cls(
-            n, lo.astype(np.float64), hi.astype(np.float64), mean.astype(np.float64),
-            var.astype(np.float64) * n, zeros.astype(np.int64), _int(e), _int(start), counts.astype(np.int64),
-            int(count),
-        )
-
-    def merge(self, other: _Moments, bins: int) -> _Moments:
-        n = self.n + other.n
-        delta = other.mean - self.mean
-        mean = self.mean + delta * (other.n / n)
-        m2 = self.m2 + other.m2 + delta**2 * (self.n * other.n / n)
-        e, start, counts = grid.merge(
-            (self.exponent, self.start, self.counts), (other.exponent, other.start, other.counts), bins
-        )
-        return _Moments(
-            n, np.minimum(self.low, other.low), np.maximum(self.high, other.high), mean, m2,
-            self.zeros + other.zeros, e, start, counts, self.count + other.count,
-        )
-
-
-def _int(values: np.ndarray) -> np.ndarray:
-    """Integer-valued floats from the graph as int64 (non-finite ranges give 0)."""
-    values = np.asarray(values, np.float64)
-    return np.where(np.isfinite(values), values, 0).astype(np.int64)
+SAMPLED_FIELDS = ("zeros", "zero_fraction", "histogram", "percentiles")  # from the sample, when there is one
 
 
 class PointStats:
     """Statistics of one point over a dataset.
 
-    Per-tensor statistics are Python floats; with ``per_channel=True`` they are
-    arrays with one value per channel.
+    Per-tensor statistics are Python numbers; with ``per_channel=True`` they
+    are arrays with one value per channel.
+
+    ``count``, the non-finite counts, ``min``, ``max``, ``mean``, ``var`` and
+    ``std`` always cover **every** value; ``zeros``, ``zero_fraction``, the
+    histogram and the percentiles cover the ``sampled`` values (every value
+    if `exact`). Everything but the counts describes the *finite* values:
+    NaN and infinite values are counted in ``nan``, ``posinf`` and
+    ``neginf`` and left out of the rest (a channel without finite values has
+    NaN statistics).
 
     Attributes:
         address: the point.
         shape: its per-sample shape (None where batches differed); dtype: its dtype name.
         channel_axis: the axis statistics are per (None: the whole tensor).
-        samples: input samples seen; count: values seen per channel (by min and max).
-        sampled: values per channel behind mean, std, zeros and the histogram
-            (``count`` unless the point was sampled).
+        samples: input samples seen; count: values seen per channel (finite or not).
+        finite, nan, posinf, neginf: how many of them were finite, NaN, +inf, -inf.
+        sampled: values per channel behind zeros, the histogram and the
+            percentiles (``count`` unless the point was sampled).
         bins: histogram cells.
         sample: the `calibrate` setting: at most this many values of the
             point per input sample are sampled, or None (every value).
@@ -99,12 +58,12 @@ class PointStats:
         >>> x = keras.Input((2,), name="x")
         >>> model = keras.Model(x, keras.layers.Dense(1, name="d")(x))
         >>> s = ks.calibrate(model, np.arange(8.0).reshape(4, 2), "x")["x"]
-        >>> s.min, s.max, s.mean, s.count
-        (0.0, 7.0, 3.5, 8)
+        >>> s.min, s.max, s.mean, s.count, s.nan
+        (0.0, 7.0, 3.5, 8, 0)
     """
 
     def __init__(self, address: str, *, shape: tuple, dtype: str, channel_axis: int | None, bins: int,
-                 samples: int, moments: _Moments, percentiles: tuple = DEFAULT_PERCENTILES,
+                 samples: int, moments: Moments, percentiles: tuple = DEFAULT_PERCENTILES,
                  sample: int | None = None):
         self.address = address
         self.shape = tuple(shape)
@@ -117,35 +76,63 @@ class PointStats:
         self.sample = None if sample is None else int(sample)
 
     def _out(self, values: np.ndarray) -> Any:
-        return float(values[0]) if self.channel_axis is None else np.array(values)
+        values = np.asarray(values)
+        if self.channel_axis is not None:
+            return values
+        return int(values[0]) if values.dtype.kind in "iu" else float(values[0])
+
+    def _of_finite(self, values: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """`values` where a channel had finite values, NaN elsewhere."""
+        return np.where(n > 0, values, np.nan)
 
     count = property(lambda self: self._m.count)
-    sampled = property(lambda self: self._m.n)
-    exact = property(lambda self: self._m.n == self._m.count, doc="True if every value was used.")
-    min = property(lambda self: self._out(self._m.low), doc="Smallest value.")
-    max = property(lambda self: self._out(self._m.high), doc="Largest value.")
-    mean = property(lambda self: self._out(self._m.mean), doc="Mean value.")
-    var = property(lambda self: self._out(self._m.m2 / max(self._m.n, 1)), doc="Population variance.")
-    std = property(lambda self: self._out(np.sqrt(self._m.m2 / max(self._m.n, 1))), doc="Standard deviation.")
+    finite = property(lambda self: self._out(self._m.finite), doc="Finite values seen.")
+    nan = property(lambda self: self._out(self._m.nan), doc="NaN values seen.")
+    posinf = property(lambda self: self._out(self._m.posinf), doc="+inf values seen.")
+    neginf = property(lambda self: self._out(self._m.neginf), doc="-inf values seen.")
+    sampled = property(lambda self: self._m.sampled)
+    exact = property(lambda self: self._m.sampled == self._m.count,
+                     doc="True if zeros, the histogram and the percentiles used every value.")
+    min = property(lambda self: self._out(self._of_finite(self._m.low, self._m.finite)), doc="Smallest finite value.")
+    max = property(lambda self: self._out(self._of_finite(self._m.high, self._m.finite)), doc="Largest finite value.")
+    mean = property(lambda self: self._out(self._of_finite(self._m.mean, self._m.finite)), doc="Mean of the finite values.")
+    var = property(lambda self: self._out(self._variance()), doc="Population variance of the finite values.")
+    std = property(lambda self: self._out(np.sqrt(self._variance())), doc="Standard deviation of the finite values.")
     zeros = property(lambda self: self._out(self._m.zeros), doc="Number of exact zeros (of the sampled values).")
-    zero_fraction = property(lambda self: self._out(self._m.zeros / max(self._m.n, 1)), doc="Fraction of zeros.")
+    zero_fraction = property(lambda self: self._out(self._zero_fraction()),
+                             doc="Fraction of zeros among the finite sampled values.")
+
+    def _variance(self) -> np.ndarray:
+        n = self._m.finite
+        return self._of_finite(self._m.m2 / np.maximum(n, 1), n)
+
+    def _zero_fraction(self) -> np.ndarray:
+        n = self._m.sampled_finite
+        return self._of_finite(self._m.zeros / np.maximum(n, 1), n)
+
+    @property
+    def sampled_fields(self) -> tuple[str, ...]:
+        """The statistics computed from a sample of the values (none if `exact`)."""
+        return () if self.exact else SAMPLED_FIELDS
 
     @property
     def histogram(self) -> tuple[np.ndarray, np.ndarray]:
         """``(counts, edges)`` like `numpy.histogram` (with a leading channel axis if per channel).
 
-        Counts are of the `sampled` values (all of them if `exact`).
+        Counts are of the finite `sampled` values (every finite value if `exact`).
         """
         counts, edges = self._m.counts, grid.edges(self._m.exponent, self._m.start, self.bins)
         return (counts[0], edges[0]) if self.channel_axis is None else (counts, edges)
 
     def percentile(self, q: Any) -> Any:
-        """Percentile(s) ``q`` in [0, 100] from the histogram (within one bin width)."""
+        """Percentile(s) ``q`` in [0, 100] of the finite values, from the histogram (within one
+        bin width; exact at 0 and 100)."""
         qs = np.atleast_1d(np.asarray(q, np.float64))
         if np.any((qs < 0) | (qs > 100)):
             raise DataError(f"Expected percentiles between 0 and 100. Received: {q!r}.")
         edges = grid.edges(self._m.exponent, self._m.start, self.bins)
         values = grid.percentiles(self._m.counts, edges, self._m.low, self._m.high, qs)
+        values = np.where(self._m.finite[:, None] > 0, values, np.nan)
         if self.channel_axis is None:
             values = values[0]
             return float(values[0]) if np.ndim(q) == 0 else values
@@ -170,17 +157,25 @@ class PointStats:
                           sample=self.sample)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict; `from_dict` restores it exactly (merge included)."""
+        """JSON-ready dict; `from_dict` restores it exactly (merge included).
+
+        ``sampled_fields`` names the statistics computed from a sample of the
+        values (``sampled`` per channel); every other statistic covers every
+        value.
+        """
         m = self._m
-        lst = (lambda a: float(a[0])) if self.channel_axis is None else (lambda a: np.asarray(a).tolist())
+        lst = (lambda a: self._out(a)) if self.channel_axis is None else (lambda a: np.asarray(a).tolist())
         qs = self.percentile(self.quantiles) if self.quantiles else np.zeros((0,))
         qs = qs if self.channel_axis is None else qs.T
         return {
             "address": self.address, "shape": list(self.shape), "dtype": self.dtype,
             "channel_axis": self.channel_axis, "samples": self.samples, "count": m.count,
-            "sampled": m.n,
-            "min": lst(m.low), "max": lst(m.high), "mean": lst(m.mean), "std": lst(np.sqrt(m.m2 / m.n)),
-            "zero_fraction": lst(m.zeros / m.n), "zeros": lst(m.zeros), "m2": lst(m.m2),
+            "finite": lst(m.finite), "nan": lst(m.nan), "posinf": lst(m.posinf), "neginf": lst(m.neginf),
+            "min": lst(self._of_finite(m.low, m.finite)), "max": lst(self._of_finite(m.high, m.finite)),
+            "mean": lst(self._of_finite(m.mean, m.finite)), "std": lst(np.sqrt(self._variance())),
+            "m2": lst(m.m2),
+            "sampled": m.sampled, "sampled_fields": list(self.sampled_fields),
+            "zero_fraction": lst(self._zero_fraction()), "zeros": lst(m.zeros),
             "percentiles": {f"{q:g}": lst(np.atleast_1d(v)) for q, v in zip(self.quantiles, qs)},
             "histogram": {
                 "bins": self.bins, "sample": self.sample,
@@ -192,12 +187,19 @@ class PointStats:
 
     @classmethod
     def from_dict(cls, d: dict) -> PointStats:
-        arr = lambda key: np.atleast_1d(np.asarray(d[key], np.float64))
+        """The `PointStats` that `to_dict` described."""
+        arr = lambda key, dtype=np.float64: np.atleast_1d(np.asarray(d[key], dtype))
         h = d["histogram"]
-        moments = _Moments(
-            int(d.get("sampled", d["count"])), arr("min"), arr("max"), arr("mean"), arr("m2"),
-            arr("zeros").astype(np.int64), np.asarray(h["exponent"], np.int64), np.asarray(h["start"], np.int64),
-            np.asarray(h["counts"], np.int64), int(d["count"]),
+        channels = arr("min").shape
+        nonfinite = {k: arr(k, np.int64) if k in d else np.zeros(channels, np.int64) for k in ("nan", "posinf", "neginf")}
+        some = int(d["count"]) - sum(nonfinite.values()) > 0  # min, max, mean are NaN without finite values
+        moments = Moments(
+            count=int(d["count"]), **nonfinite,
+            low=np.where(some, arr("min"), np.inf), high=np.where(some, arr("max"), -np.inf),
+            mean=np.where(some, arr("mean"), 0.0), m2=np.where(some, arr("m2"), 0.0),
+            sampled=int(d.get("sampled", d["count"])), zeros=arr("zeros", np.int64),
+            exponent=np.asarray(h["exponent"], np.int64), start=np.asarray(h["start"], np.int64),
+            counts=np.asarray(h["counts"], np.int64),
         )
         return cls(d["address"], shape=tuple(d["shape"]), dtype=d["dtype"], channel_axis=d["channel_axis"],
                    bins=int(h["bins"]), samples=int(d["samples"]), moments=moments,
@@ -205,10 +207,19 @@ class PointStats:
                    sample=h.get("sample"))
 
     def __repr__(self) -> str:
+        m = self._m
         if self.channel_axis is None:
-            return (f"PointStats({self.address!r}, min={self.min:.4g}, max={self.max:.4g}, "
-                    f"mean={self.mean:.4g}, std={self.std:.4g}, zeros={self.zero_fraction:.1%})")
-        return f"PointStats({self.address!r}, {self._m.low.size} channels on axis {self.channel_axis})"
+            text = (f"PointStats({self.address!r}, min={self.min:.4g}, max={self.max:.4g}, "
+                    f"mean={self.mean:.4g}, std={self.std:.4g}, zeros={self.zero_fraction:.1%}")
+        else:
+            text = f"PointStats({self.address!r}, {m.low.size} channels on axis {self.channel_axis}"
+        if not self.exact:
+            text += (f"; {', '.join(self.sampled_fields)} from {m.sampled:,} of {m.count:,} values"
+                     + (" per channel" if self.channel_axis is not None else ""))
+        if m.count > m.finite.min():
+            text += (f"; not finite (left out): {int(m.nan.sum()):,} NaN, {int(m.posinf.sum()):,} +inf, "
+                     f"{int(m.neginf.sum()):,} -inf")
+        return text + ")"
 
 
 class Calibration(dict):
