@@ -102,12 +102,11 @@ def init(address: str | None = None, **kwargs: Any) -> None:
     runtime_env keys may be given in ``runtime_env=``. Does nothing if Ray is
     already initialized.
     """
-    import kerasurgery
-
     if ray.is_initialized():
         return
+    package = str(Path(__file__).resolve().parents[1])  # this kerasurgery's folder (no upward import)
     env = dict(kwargs.pop("runtime_env", None) or {})
-    env["py_modules"] = [kerasurgery, *(env.get("py_modules") or [])]
+    env["py_modules"] = [package, *(env.get("py_modules") or [])]
     ray.init(address=address, runtime_env=env, **kwargs)
 
 

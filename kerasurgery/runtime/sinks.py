@@ -120,7 +120,8 @@ def check_path(path: Any, overwrite: bool, suffixes: tuple[str, ...] = HDF5_SUFF
         raise DataError(f"Expected `path` to name a file. Received: path='{p}', which is a folder.")
     if p.suffix.lower() not in suffixes:
         formats = ("this writes HDF5 only" if tuple(suffixes) == HDF5_SUFFIXES else
-                   ".h5/.hdf5 for HDF5 (streamed to disk, any size), .json or .npz for small results")
+                   ".h5/.hdf5 for HDF5 (streamed to disk, any size), .json or .npz for small results; "
+                   "no suffix for a folder of shards")
         raise DataError(
             f"Expected `path` ending in {', '.join(suffixes)}. Received: path='{p}'. The suffix picks the "
             f"format: {formats}."
