@@ -242,3 +242,40 @@ def test_an_interrupted_run_resumes_from_its_complete_shards(cluster, tmp_path):
     for a, r in reference.items():
         np.testing.assert_array_equal(acts[a][:], r, err_msg=a)
     acts.close()
+
+
+@pytest.mark.ray
+def test_gradients_on_ray_equal_in_process_sample_for_sample(cluster):
+    import ray.data
+
+    model = mobilenet()
+    points = ["Conv1", "block_3_project_BN", "predictions:pre"]
+
+    def class_3_minus_class_7(outputs):  # defined here: shipped to the workers by value (cloudpickle)
+        return outputs[:, 3] - 2.0 * outputs[:, 7]
+
+    reference = ks.gradients(model, DATA, points, target=class_3_minus_class_7, batch_size=8, progress=False)
+    grads = ks.gradients(model, blocks_of(DATA, 16), points, target=class_3_minus_class_7, batch_size=8, actors=2,
+                         shard_size=16, progress=False)
+    assert list(grads) == points
+    for a, r in reference.items():
+        assert np.abs(r).max() > 0, a
+        np.testing.assert_array_equal(grads[a], r, err_msg=a)
+
+    # a loss reduced by its mean: labels as a column, divided by the whole dataset's count on the driver
+    x = keras.Input((4,), name="x")
+    small = keras.Model(x, keras.layers.Dense(3, name="o")(keras.layers.Dense(6, activation="tanh", name="h")(x)))
+    rng = np.random.default_rng(4)
+    xs, ys = rng.normal(size=(30, 4)).astype("float32"), rng.normal(size=(30, 3)).astype("float32")
+    ds = ray.data.from_items([{"x": xs[i], "label": ys[i]} for i in range(30)], override_num_blocks=3)
+    reference = ks.gradients(small, xs, ["x", "h:pre"], y=ys, loss="mse", batch_size=5, progress=False)
+    grads = ks.gradients(small, ds, ["x", "h:pre"], y="label", loss="mse", batch_size=5, actors=2, shard_size=10,
+                         progress=False)
+    for a, r in reference.items():
+        np.testing.assert_array_equal(grads[a], r, err_msg=a)
+    with pytest.raises(ks.DataError, match="name of the Ray dataset's column of labels"):
+        ks.gradients(small, ds, "x", y=ys, loss="mse")
+    with pytest.raises(ks.DataError, match="per-sample class indices are not taken"):
+        ks.gradients(small, ds, "x", target=np.zeros(30, "int32"))
+    with pytest.raises(ks.DataError, match="a column 'labels'.*\\['label', 'x'\\]"):
+        ks.gradients(small, ds, "x", y="labels", loss="mse")

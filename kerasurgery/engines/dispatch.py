@@ -1,11 +1,11 @@
-"""The public `collect` and `calibrate`: in process, or on Ray when `data` is a `ray.data.Dataset`.
+"""The public `collect`, `calibrate` and `gradients`: in process, or on Ray for a `ray.data.Dataset`.
 
 Each public function is the in-process one (same arguments, same
 docstring) plus the Ray options of `kerasurgery.engines.ray.RAY_OPTIONS`.
 A Ray dataset is recognised without importing Ray: if ``ray.data`` is not
-imported yet, `data` cannot be one. Adding an engine-backed function
-(``gradients``) is one `_public` line here and an entry in
-`kerasurgery.engines.ray_worker.KINDS`.
+imported yet, `data` cannot be one. Adding an engine-backed function is
+one `_public` line here (naming the module of its driver side) and an entry
+in `kerasurgery.engines.ray_worker.KINDS`.
 
 Example:
     >>> import numpy as np
@@ -17,11 +17,13 @@ Example:
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from kerasurgery.attribution.gradients import gradients as _local_gradients
 from kerasurgery.errors import DataError
 from kerasurgery.runtime.collect import collect as _local_collect
 from kerasurgery.stats.calibrate import calibrate as _local_calibrate
@@ -67,7 +69,8 @@ def is_ray_dataset(data: Any) -> bool:
     return dataset is not None and isinstance(data, dataset)
 
 
-def _public(local: Callable, name: str, ray_only: dict[str, Any]) -> Callable:
+def _public(local: Callable, name: str, ray_only: dict[str, Any], engine: str = "kerasurgery.engines.ray",
+            note: str = "") -> Callable:
     """`local` with the Ray engine behind it: same docstring and signature, plus `ray_only` options."""
 
     signature = inspect.signature(local)
@@ -76,9 +79,8 @@ def _public(local: Callable, name: str, ray_only: dict[str, Any]) -> Callable:
     @functools.wraps(local)
     def public(model: Any, data: Any, *args: Any, **kwargs: Any) -> Any:
         if is_ray_dataset(data):
-            from kerasurgery.engines import ray as engine
-
-            return getattr(engine, name)(model, data, *args, **kwargs)
+            module = importlib.import_module(engine)
+            return getattr(module, name)(model, data, *args, **kwargs)
         given = sorted(k for k in kwargs if k in ray_only and k not in known)
         if given:
             raise DataError(
@@ -94,9 +96,15 @@ def _public(local: Callable, name: str, ray_only: dict[str, Any]) -> Callable:
     public.__signature__ = signature.replace(parameters=params + extra)  # type: ignore[attr-defined]
     doc = local.__doc__ or ""
     cut = doc.find("\n    Example:")
-    public.__doc__ = doc[:cut] + _RAY_DOC + doc[cut:] if cut >= 0 else doc + _RAY_DOC
+    ray_doc = _RAY_DOC + note
+    public.__doc__ = doc[:cut] + ray_doc + doc[cut:] if cut >= 0 else doc + ray_doc
     return public
 
 
 collect = _public(_local_collect, "collect", {**RAY_OPTIONS, "shard_size": None})
 calibrate = _public(_local_calibrate, "calibrate", {**RAY_OPTIONS, "shard_size": None, "shards": None})
+gradients = _public(_local_gradients, "gradients", {**RAY_OPTIONS, "shard_size": None},
+                    "kerasurgery.engines.ray_gradients", """        On Ray, `y` is the name of the dataset's column of labels, and `target`
+        is None, a class index, an address or a function (no per-sample indices);
+        see `kerasurgery.engines.ray_gradients`.
+""")

@@ -154,8 +154,12 @@ def _check_options(o: dict) -> dict:
     return o
 
 
-def _first_inputs(data: Any, model: keras.Model, columns: list[str] | None = None) -> tuple[Any, list[str]]:
-    """A couple of the dataset's rows as the model's inputs (to check everything before any actor starts)."""
+def first_inputs(data: Any, model: keras.Model, exclude: tuple[str, ...] = ()) -> tuple[Any, list[str], dict]:
+    """A couple of the dataset's rows as the model's inputs, their columns, and the rows.
+
+    Run through the in-process call, they check everything before any actor
+    starts. `exclude`: columns that are not inputs (labels).
+    """
     context = data.context
     saved, context.enable_progress_bars = context.enable_progress_bars, False
     try:
@@ -164,10 +168,10 @@ def _first_inputs(data: Any, model: keras.Model, columns: list[str] | None = Non
         context.enable_progress_bars = saved
     if not batch or not len(next(iter(batch.values()))):
         raise DataError(f"Expected at least one sample for model '{model.name}'. Received: an empty Ray dataset.")
-    columns = parse_columns(list(batch), model)
+    columns = parse_columns([c for c in batch if c not in exclude], model)
     names = [s.name for s in input_specs(model)]
     inputs = batch[columns[0]] if len(names) == 1 else {n: batch[c] for n, c in zip(names, columns)}
-    return inputs, columns
+    return inputs, columns, batch
 
 
 def _progress(progress: bool | None, data: Any) -> Any:
@@ -261,7 +265,7 @@ def calibrate(model: keras.Model, data: Any, points: Selector | None = None, *, 
     _refuse_steps(steps)
     batch_size = check_batch_size(batch_size)
     ray_options = {k: options.pop(k) for k in list(options) if k in RAY_OPTIONS}
-    inputs, columns = _first_inputs(data, model)
+    inputs, columns, _rows = first_inputs(data, model)
     local(model, inputs, points, batch_size=batch_size, progress=False, **options)  # errors before any actor
     folder = None
     if shards is not None:
@@ -315,7 +319,7 @@ def collect(model: keras.Model, data: Any, points: Selector | None = None, *, ba
     unknown = sorted(set(options) - set(RAY_OPTIONS))
     if unknown:
         raise DataError(f"Expected options of collect or of its Ray engine. Received: {', '.join(unknown)}.")
-    inputs, columns = _first_inputs(data, model)
+    inputs, columns, _rows = first_inputs(data, model)
     probe = local(model, inputs, points, batch_size=batch_size, training=training, progress=False)
     folder = None
     attrs = {"model": model.name, "training": bool(training), "points": list(probe)}

@@ -13,12 +13,14 @@ numpy columns and returns one row describing it:
 - ``shapes``: per-sample shapes of the points (JSON), checked on the driver;
 - ``result``: what the driver reduces: ``Calibration.to_dict()`` as JSON for
   calibrate, the shard's file name for collect to a folder, the activations
-  (pickled ``{address: array}``) for collect in memory.
+  (pickled ``{address: array}``) for collect in memory, and for gradients the
+  pickled ``(sums, per_value)`` of `kerasurgery.attribution.gradients.gradient_sums`
+  (a mean loss is divided on the driver, by the whole dataset's count).
 
 The work itself is the public in-process call (`kerasurgery.collect`,
 `kerasurgery.calibrate`) on the block's arrays, so a block's result is
-exactly what that call gives in process. Adding a kind (``gradients``) is an
-entry in `KINDS`. This module imports neither Ray nor Keras at import time:
+exactly what that call gives in process. Adding a kind is an entry in `KINDS`.
+This module imports neither Ray nor Keras at import time:
 the actor's environment (``KERAS_BACKEND``) is set by its runtime_env first.
 
 Example:
@@ -109,8 +111,21 @@ def _collect(worker: BlockWorker, inputs: Any, key: str) -> tuple[Any, str, bool
         return name, _shapes({a: np.empty((0, *v.shape[1:])) for a, v in acts.items()}), False
 
 
+def _gradients(worker: BlockWorker, inputs: Any, key: str) -> tuple[Any, str, bool]:
+    from kerasurgery.attribution.gradients import gradient_sums
+
+    job = worker.job
+    options = dict(job["options"])
+    column = options.pop("y_column", None)
+    if column is not None:
+        options["y"] = worker.batch[column]
+    values, per_value = gradient_sums(worker.model, inputs, job["points"], batch_size=job["batch_size"],
+                                      progress=False, **options)
+    return pickle.dumps((values, per_value), protocol=5), _shapes(values), False
+
+
 #: kind -> function(worker, inputs, key) -> (result, shapes JSON, reused)
-KINDS = {"calibrate": _calibrate, "collect": _collect}
+KINDS = {"calibrate": _calibrate, "collect": _collect, "gradients": _gradients}
 
 
 class BlockWorker:
@@ -173,6 +188,7 @@ class BlockWorker:
         return {name: batch[c] for name, c in zip(self.job["input_names"], columns)}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        self.batch = batch  # other columns a kind reads (labels)
         inputs = self.inputs(batch)
         arrays = list(inputs.values()) if isinstance(inputs, dict) else [inputs]
         key = block_key(arrays)
