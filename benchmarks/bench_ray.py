@@ -64,13 +64,13 @@ def on_ray(model: keras.Model, n: int, actors: int, threads: int | None) -> tupl
     """(end-to-end seconds, steady samples per second) of calibrate on `actors` Ray actors."""
     import ray.data
 
-    from kerasurgery.engines.ray import _first_inputs, run_blocks
+    from kerasurgery.engines.ray import first_inputs, run_blocks
 
     x = images(n)
     ds = ray.data.from_numpy([x[i:i + BLOCK] for i in range(0, n, BLOCK)])
     env = {"env_vars": {"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1"}} if threads else None
     t0 = time.perf_counter()
-    _, columns = _first_inputs(ds, model)
+    _, columns, _rows = first_inputs(ds, model)
     times, rows = [], []
     for _key, count, _result, _shapes, _reused in run_blocks(
             "calibrate", model, ds, "*:pre", columns=columns, batch_size=BATCH, options={}, folder=None,

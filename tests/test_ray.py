@@ -33,6 +33,7 @@ def test_importing_kerasurgery_and_running_in_process_never_imports_ray():
         model = keras.Model(x, keras.layers.Dense(2, name="d")(x))
         ks.collect(model, np.ones((4, 3)), "d", progress=False)
         ks.calibrate(model, np.ones((4, 3)), "d", progress=False)
+        ks.gradients(model, np.ones((4, 3)), "x", progress=False)
         import kerasurgery.engines.dispatch
         print("ray" in sys.modules, "ray.data" in sys.modules)
     """)
@@ -279,3 +280,28 @@ def test_gradients_on_ray_equal_in_process_sample_for_sample(cluster):
         ks.gradients(small, ds, "x", target=np.zeros(30, "int32"))
     with pytest.raises(ks.DataError, match="a column 'labels'.*\\['label', 'x'\\]"):
         ks.gradients(small, ds, "x", y="labels", loss="mse")
+
+
+@pytest.mark.ray
+def test_one_progress_bar_on_the_driver_counts_every_sample(cluster, monkeypatch):
+    bars, ray_bars = [], []
+
+    class Bar:  # stands in for keras.utils.Progbar: what the driver shows
+        def __init__(self, target, unit_name="step"):
+            self.target, self.unit, self.seen = target, unit_name, []
+            bars.append(self)
+
+        def update(self, current, finalize=None):
+            import ray.data
+
+            self.seen.append((current, finalize))
+            ray_bars.append(ray.data.DataContext.get_current().enable_progress_bars)
+
+    monkeypatch.setattr(keras.utils, "Progbar", Bar)
+    x = keras.Input((4,), name="x")
+    model = keras.Model(x, keras.layers.Dense(3, name="o")(x))
+    data = np.random.default_rng(5).normal(size=(40, 4)).astype("float32")
+    ks.calibrate(model, blocks_of(data, 10), "o", actors=2, shard_size=10, progress=True)
+    assert len(bars) == 1 and (bars[0].target, bars[0].unit) == (40, "sample")  # one bar, the whole dataset
+    assert bars[0].seen == [(10, None), (20, None), (30, None), (40, None), (40, True)]
+    assert ray_bars[:-1] == [False] * 4  # Ray Data's own bars (one per operator) are off while it runs
