@@ -174,8 +174,8 @@ def gradient_sums(model: keras.Model, data: Any, points: Selector, *, target: An
         >>> x = keras.Input((3,), name="x")
         >>> model = keras.Model(x, keras.layers.Dense(2, name="out")(x))
         >>> sums, per_value = gradient_sums(model, np.ones((4, 3)), "x", y=np.zeros((4, 2)), loss="mse")
-        >>> per_value, sums["x"].shape
-        (2, (4, 3))
+        >>> per_value, sums["x"].shape   # "mse" averages the last axis: one loss value per sample
+        (1, (4, 3))
     """
     batch_size = check_batch_size(batch_size)
     plan = gradient_plan(model, points, target=target, y=y, loss=loss, training=training)

@@ -204,9 +204,10 @@ def run_blocks(kind: str, model: keras.Model, data: Any, points: Any, *, columns
         num_gpus=o["gpus_per_actor"], runtime_env=_runtime_env(o["worker_backend"], o["runtime_env"]),
     )
     context = mapped.context
-    saved = (context.execution_options.preserve_order, context.enable_progress_bars)
+    current = ray.data.DataContext.get_current()  # the dataset's own copy and the one Ray's bars may read
+    saved = (context.execution_options.preserve_order, context.enable_progress_bars, current.enable_progress_bars)
     context.execution_options.preserve_order = True  # blocks come back in the dataset's order
-    context.enable_progress_bars = False  # ours counts samples over the whole dataset
+    context.enable_progress_bars = current.enable_progress_bars = False  # ours counts samples over the dataset
     bar, done = _progress(progress, data), 0
     try:
         for out in mapped.iter_batches(batch_size=None, batch_format="numpy"):
@@ -217,7 +218,7 @@ def run_blocks(kind: str, model: keras.Model, data: Any, points: Any, *, columns
                 yield (str(out["key"][i]), int(out["rows"][i]), out["result"][i], json.loads(out["shapes"][i]),
                        bool(out["reused"][i]))
     finally:
-        context.execution_options.preserve_order, context.enable_progress_bars = saved
+        context.execution_options.preserve_order, context.enable_progress_bars, current.enable_progress_bars = saved
     if bar is not None:
         bar.update(done, finalize=True)
 
