@@ -114,9 +114,9 @@ def _ship_model(model: keras.Model, model_path: Any) -> tuple[bytes | None, str 
     """``(bytes, path, fingerprint)``: the ``.keras`` bytes, or a path every worker reads."""
     if model_path is None:
         with tempfile.TemporaryDirectory(prefix="kerasurgery-model-") as folder:
-            temp = os.path.join(folder, "model.keras")
-            model.save(temp)
-            return Path(temp).read_bytes(), None, None
+            saved = os.path.join(folder, "model.keras")
+            model.save(saved)
+            return Path(saved).read_bytes(), None, None
     path = Path(os.fspath(model_path))
     if path.suffix != ".keras":
         raise DataError(f"Expected `model_path` ending in .keras. Received: model_path='{path}'.")

@@ -52,7 +52,7 @@ def block_key(arrays: list[np.ndarray]) -> str:
     for a in arrays:
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(memoryview(a.view(np.uint8).reshape(-1)) if a.dtype != object else pickle.dumps(a))
+        h.update(a.view(np.uint8).reshape(-1).data if a.dtype != object else pickle.dumps(a))
     return h.hexdigest()
 
 
@@ -62,7 +62,7 @@ def fingerprint(model: Any) -> str:
     for w in model.weights:
         value = np.ascontiguousarray(np.asarray(w.numpy()))
         h.update(f"{value.dtype.str}{value.shape}".encode())
-        h.update(memoryview(value.view(np.uint8).reshape(-1)))
+        h.update(value.view(np.uint8).reshape(-1).data)
     return h.hexdigest()
 
 
