@@ -55,17 +55,17 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "rank_channels": ("kerasurgery.surgery.ranking", "rank_channels"),
     "channel_scores": ("kerasurgery.surgery.ranking", "channel_scores"),
     # running over data
-    "collect": ("kerasurgery.runtime.collect", "collect"),
+    "collect": ("kerasurgery.engines.dispatch", "collect"),  # in process, or on Ray for a ray.data.Dataset
     "load_activations": ("kerasurgery.runtime.activations", "load_activations"),
     "Activations": ("kerasurgery.runtime.activations", "Activations"),
-    "calibrate": ("kerasurgery.stats.calibrate", "calibrate"),
+    "calibrate": ("kerasurgery.engines.dispatch", "calibrate"),
     "Calibration": ("kerasurgery.stats.results", "Calibration"),
     "PointStats": ("kerasurgery.stats.results", "PointStats"),
     "merge": ("kerasurgery.stats.results", "merge"),
     "ActivationRecorder": ("kerasurgery.recorder", "ActivationRecorder"),
     "compare": ("kerasurgery.equivalence", "compare"),
     # gradients and attribution
-    "gradients": ("kerasurgery.attribution.gradients", "gradients"),
+    "gradients": ("kerasurgery.engines.dispatch", "gradients"),  # in process, or on Ray for a ray.data.Dataset
     "weight_gradients": ("kerasurgery.attribution.gradients", "weight_gradients"),
     "grad_cam": ("kerasurgery.attribution.grad_cam", "grad_cam"),
     "saliency": ("kerasurgery.attribution.saliency", "saliency"),
@@ -104,7 +104,7 @@ _registration.register_layers_with_keras()
 
 if TYPE_CHECKING or "sphinx" in sys.modules:  # static names for type checkers and docs
     from kerasurgery.attribution.grad_cam import grad_cam
-    from kerasurgery.attribution.gradients import gradients, weight_gradients
+    from kerasurgery.attribution.gradients import weight_gradients
     from kerasurgery.attribution.integrated import integrated_gradients
     from kerasurgery.attribution.resize import resize_maps
     from kerasurgery.attribution.saliency import saliency
@@ -126,7 +126,6 @@ if TYPE_CHECKING or "sphinx" in sys.modules:  # static names for type checkers a
     from kerasurgery.passes.taps import insert_taps
     from kerasurgery.recorder import ActivationRecorder
     from kerasurgery.runtime.activations import Activations, load_activations
-    from kerasurgery.runtime.collect import collect
-    from kerasurgery.stats.calibrate import calibrate
+    from kerasurgery.engines.dispatch import calibrate, collect, gradients
     from kerasurgery.stats.results import Calibration, PointStats, merge
     from kerasurgery.surgery.ranking import channel_scores, rank_channels

@@ -352,8 +352,31 @@ class TestHDF5:
         model = ZOO["mlp"]()
         with pytest.raises(ks.DataError, match="existing folder.*does not exist"):
             ks.collect(model, np.zeros((3, 8)), path=tmp_path / "nope" / "acts.h5")
-        with pytest.raises(ks.DataError, match="which is a folder"):
+        (tmp_path / "notes.txt").write_text("mine")  # a folder is a folder of shards: never one with other files
+        with pytest.raises(ks.DataError, match="holds other files.*notes.txt"):
             ks.collect(model, np.zeros((3, 8)), path=tmp_path)
+        assert os.listdir(tmp_path) == ["notes.txt"]
+
+    def test_folder_of_shards_equals_arrays_and_reads_lazily_in_order(self, tmp_path):
+        model = ZOO["mlp"]()
+        x = np.random.default_rng(0).normal(size=(50, 8)).astype("float32")
+        reference = ks.collect(model, x, batch_size=4, progress=False)
+        with ks.collect(model, x, path=tmp_path / "acts", batch_size=4, shard_size=10, progress=False) as acts:
+            assert acts.format == "shards" and acts.attrs["num_samples"] == 50
+            names = sorted(os.listdir(tmp_path / "acts"))
+            assert names[:2] == ["manifest.json", "run.json"] and len(names) == 2 + 5  # shards of 12, 12, 12, 12, 2
+            for a, r in reference.items():
+                assert acts[a].shape == r.shape and acts[a].dtype == r.dtype
+                np.testing.assert_array_equal(acts[a][:], r)
+                np.testing.assert_array_equal(acts[a][[49, 0, 11, 12, 13]], r[[49, 0, 11, 12, 13]])
+                np.testing.assert_array_equal(acts[a][5:45:7, 1:3], r[5:45:7, 1:3])
+                np.testing.assert_array_equal(acts[a][-1], r[-1])
+                np.testing.assert_array_equal(np.asarray(acts[a]), r)
+        with pytest.raises(ks.DataError, match="a complete result.*overwrite=True"):
+            ks.collect(model, x, path=tmp_path / "acts", progress=False)
+        (tmp_path / "acts" / "manifest.json").unlink()  # as an interrupted run leaves it
+        with pytest.raises(ks.DataError, match="not finished.*resume=True"):
+            ks.load_activations(tmp_path / "acts")
 
     def test_nothing_half_written_on_error(self, tmp_path):
         model = ZOO["mlp"]()

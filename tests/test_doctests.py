@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "kerasurgery"
-OPTIONAL = {"kerasurgery.engines.ray": "ray"}
+OPTIONAL = {"kerasurgery.engines.ray": "ray", "kerasurgery.engines.ray_gradients": "ray"}
 
 
 def _modules() -> list[str]:

@@ -154,6 +154,29 @@ def gradients(
         >>> bool(np.allclose(g, w[:, 1]))
         True
     """
+    result, per_value = gradient_sums(model, data, points, target=target, y=y, loss=loss, batch_size=batch_size,
+                                      training=training, progress=progress, steps=steps)
+    n = len(next(iter(result.values())))
+    return divide(result, float(n * per_value) if per_value else 1.0)
+
+
+def gradient_sums(model: keras.Model, data: Any, points: Selector, *, target: Any = None, y: Any = None,
+                  loss: Any = None, batch_size: int = 32, training: bool = False, progress: bool | None = None,
+                  steps: int | None = None) -> tuple[dict[str, np.ndarray], int | None]:
+    """`gradients` before a mean loss's division, and the loss values per sample (None: no division).
+
+    What blocks of a dataset computed apart (on Ray workers) return: the
+    driver concatenates them and divides by ``samples * per_value`` of the
+    whole dataset (`divide`), as `gradients` does in one process.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> x = keras.Input((3,), name="x")
+        >>> model = keras.Model(x, keras.layers.Dense(2, name="out")(x))
+        >>> sums, per_value = gradient_sums(model, np.ones((4, 3)), "x", y=np.zeros((4, 2)), loss="mse")
+        >>> per_value, sums["x"].shape   # "mse" averages the last axis: one loss value per sample
+        (1, (4, 3))
+    """
     batch_size = check_batch_size(batch_size)
     plan = gradient_plan(model, points, target=target, y=y, loss=loss, training=training)
     source = adapt(data, plan.probe, batch_size=batch_size, steps=steps)
@@ -165,8 +188,17 @@ def gradients(
         sink.abort()
         raise
     plan.target.check_samples(n)
-    result = sink.finish(n)
-    divisor = _scale(plan, n)
+    return sink.finish(n), (plan.target.per_sample if plan.target.mean else None)
+
+
+def divide(result: dict[str, np.ndarray], divisor: float) -> dict[str, np.ndarray]:
+    """`result` divided in place by `divisor` in each array's dtype (arrays shared by addresses once).
+
+    Example:
+        >>> shared = np.ones(2, "float32")
+        >>> divide({"a": shared, "b": shared}, 4.0)["b"]
+        array([0.25, 0.25], dtype=float32)
+    """
     if divisor != 1.0:
         for array in {id(a): a for a in result.values()}.values():
             array /= np.asarray(divisor, array.dtype)

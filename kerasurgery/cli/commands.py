@@ -68,6 +68,39 @@ def _check_inputs(model: Any, data_path: str | None, limit: int | None = None) -
     return map_structure(make, structure)
 
 
+def _on_ray(args: argparse.Namespace, model: Any) -> tuple[Any, dict]:
+    """``(ray dataset, engine options)`` for ``--ray``: Ray started or joined, --data read as a Ray dataset."""
+    from kerasurgery.cli.files import load_data
+
+    try:
+        import ray.data
+    except ImportError:
+        raise DataError("Expected Ray for --ray. Received: no `ray` module. Install it: pip install "
+                        "'kerasurgery[ray]'.") from None
+    from kerasurgery.engines.ray import init
+
+    init(None if args.ray == "local" else args.ray)
+    data = args.data
+    if data.endswith(".parquet") or os.path.isdir(data):
+        ds = ray.data.read_parquet(data)  # read by the workers
+        if args.limit:
+            ds = ds.limit(args.limit)
+    else:
+        arrays = load_data(data, model, limit=args.limit)
+        if isinstance(arrays, dict):
+            ds = ray.data.from_items([{k: v[i] for k, v in arrays.items()} for i in range(len(next(iter(arrays.values()))))])
+        elif isinstance(arrays, (list, tuple)):
+            names = [t.name for t in model.inputs]
+            ds = ray.data.from_items([{n: a[i] for n, a in zip(names, arrays)} for i in range(len(arrays[0]))])
+        else:
+            size = args.shard_size or 512
+            ds = ray.data.from_numpy([arrays[i:i + size] for i in range(0, len(arrays), size)])
+    options = {"actors": args.actors, "cpus_per_actor": args.cpus_per_actor, "gpus_per_actor": args.gpus_per_actor,
+               "worker_backend": args.worker_backend, "model_path": args.model_path, "shard_size": args.shard_size,
+               "resume": args.resume}
+    return ds, options
+
+
 def _progress(args: argparse.Namespace) -> Any:
     return False if args.quiet else None
 
@@ -255,18 +288,24 @@ def cmd_expose(args: argparse.Namespace) -> int:
 
 def cmd_collect(args: argparse.Namespace) -> int:
     from kerasurgery.runtime.activations import FILE_FORMATS
+    from kerasurgery.runtime.shards import is_folder_path
 
-    _output(args, args.output, tuple(FILE_FORMATS), "an activations file")
+    if args.ray and not is_folder_path(args.output):
+        raise DataError(f"Expected -o to name a folder (no suffix) with --ray. Received: -o {args.output!r}.")
+    if not is_folder_path(args.output):
+        _output(args, args.output, tuple(FILE_FORMATS), "an activations file")
     model = _load(args)
-    data = _check_inputs(model, args.data, limit=args.limit)
-    from kerasurgery.runtime.collect import collect
-
-    result = collect(
+    if args.ray:
+        data, options = _on_ray(args, model)
+    else:
+        data, options = _check_inputs(model, args.data, limit=args.limit), {}
+    result = ks.collect(
         model, data, args.points or None, batch_size=args.batch_size, training=args.training,
-        path=args.output, progress=_progress(args), overwrite=args.overwrite,
+        path=args.output, progress=_progress(args), overwrite=args.overwrite, **options,
     )
     try:
-        print(f"collected {len(result)} point(s) over {_count(data)} sample(s):")
+        count = result.attrs["num_samples"] if hasattr(result, "attrs") else _count(data)
+        print(f"collected {len(result)} point(s) over {count} sample(s):")
         _print_columns([(a, _shape(v), str(getattr(v, "dtype", ""))) for a, v in result.items()])
     finally:
         getattr(result, "close", lambda: None)()
@@ -282,11 +321,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         _output(args, args.histograms, (".png", ".svg", ".pdf"), "an image file", flag="--histograms",
                 also={"output": args.output})
     model = _load(args)
-    data = _check_inputs(model, args.data, limit=args.limit)
-    from kerasurgery.stats.calibrate import calibrate
-
-    stats = calibrate(model, data, args.points or None, batch_size=args.batch_size, progress=_progress(args),
-                      sample=args.sample)
+    if args.ray:
+        data, options = _on_ray(args, model)
+        options["shards"] = args.shards
+    else:
+        data, options = _check_inputs(model, args.data, limit=args.limit), {}
+    stats = ks.calibrate(model, data, args.points or None, batch_size=args.batch_size, progress=_progress(args),
+                         sample=args.sample, **options)
     with written_to(args.output) as temp:
         stats.to_json(temp, indent=1)
     rows = [
@@ -294,7 +335,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
          "std": f"{s.std:.4g}", "zeros": f"{s.zero_fraction:.1%}"}
         for a, s in stats.items()
     ]
-    print(f"ranges of {len(rows)} point(s) over {_count(data)} sample(s):")
+    count = next(iter(stats.values())).samples if stats else 0
+    print(f"ranges of {len(rows)} point(s) over {count} sample(s):")
     print(format_table(rows, ("address", "min", "max", "mean", "std", "zeros")))
     print(f"wrote {args.output}")
     if args.histograms:

@@ -121,6 +121,22 @@ def _data_arguments(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _ray_arguments(p: argparse.ArgumentParser, *, resume: str) -> None:
+    """``--ray ADDRESS`` and the engine's options (docs/cluster.md)."""
+    g = p.add_argument_group("on a Ray cluster (pip install kerasurgery[ray])")
+    g.add_argument("--ray", metavar="ADDRESS",
+                   help="run on Ray: 'local' starts a local cluster, 'auto' or host:port joins one; "
+                   "--data is read on this machine, or with a .parquet file or folder by the workers")
+    g.add_argument("--actors", type=int, metavar="N", help="Ray actors, one model each (default: Ray sizes the pool)")
+    g.add_argument("--cpus-per-actor", type=float, default=1, metavar="N", help="CPUs per actor (1)")
+    g.add_argument("--gpus-per-actor", type=float, default=0, metavar="N", help="GPUs per actor (0)")
+    g.add_argument("--worker-backend", metavar="NAME", help="Keras backend of the workers (default: this one's)")
+    g.add_argument("--model-path", metavar="FILE.keras",
+                   help="a model file every worker reads (default: the model travels through Ray's object store)")
+    g.add_argument("--shard-size", type=int, metavar="N", help="samples per Ray task and shard (512)")
+    g.add_argument("--resume", action="store_true", help=resume)
+
+
 def _overwrite(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing output files (never the command's own inputs)")
@@ -231,9 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "(HDF5, streamed batch by batch), .json (nested lists with shapes and dtypes, at most "
                        "100 MB of values), .npz (one array per address).")
     _data_arguments(p, required=True)
-    _output(p, "acts.h5", "the file to write: .h5, .hdf5, .json or .npz")
+    _output(p, "acts.h5", "the file to write: .h5, .hdf5, .json or .npz; or a folder of shards (no suffix; "
+            "required with --ray)")
     p.add_argument("--training", action="store_true", help="run Dropout/BatchNorm in training mode")
     _overwrite(p)
+    _ray_arguments(p, resume="finish an interrupted --ray run: keep the complete shards in the -o folder")
     p.set_defaults(func="cmd_collect")
 
     p = sub.add_parser("calibrate", parents=[model, flags], help="value ranges and histograms of points, to JSON",
@@ -250,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--histograms", metavar="FILE.png", help="also draw the histograms")
     p.add_argument("--max-plots", type=int, default=16, metavar="N", help="at most N histogram panels (16)")
     _overwrite(p)
+    _ray_arguments(p, resume="with --shards: reuse the statistics of the blocks found there")
+    p.add_argument("--shards", metavar="DIR", help="with --ray: also write each block's statistics to DIR")
     p.set_defaults(func="cmd_calibrate")
     return parser
 

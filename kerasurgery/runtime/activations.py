@@ -15,6 +15,10 @@ The suffix of the path picks the format (`FILE_FORMATS`):
   itself (``np.load(path)["encoder/dense:pre"]``), plus the attributes as
   JSON text under `NPZ_ATTRS`. Gathered in memory.
 
+A path without a suffix is a folder of shards (one HDF5 file per shard of
+samples and a manifest, `kerasurgery.runtime.shards`), for results larger
+than one file should hold and for `collect` on a Ray cluster.
+
 Values of dtypes HDF5 and numpy files lack (bfloat16) are stored as float32.
 `load_activations` reads every format; an `Activations` is a dict keyed by
 address and a context manager.
@@ -32,6 +36,7 @@ import numpy as np
 
 from kerasurgery.errors import DataError
 from kerasurgery.runtime.h5 import address_of, storable_dtype, written_to
+from kerasurgery.runtime.shards import open_folder
 
 #: File suffix -> format written by `collect(path=...)`.
 FILE_FORMATS = {".h5": "hdf5", ".hdf5": "hdf5", ".json": "json", ".npz": "npz"}
@@ -131,13 +136,16 @@ class Activations(dict):
 
     From an HDF5 file the values are ``h5py.Dataset`` read lazily when indexed
     (``acts["conv"][:100]``), and the file stays open until `close()` (or the
-    end of a ``with`` block). From ``.json`` and ``.npz`` files they are numpy
+    end of a ``with`` block). From a folder of shards they are
+    `kerasurgery.runtime.shards.ShardedArray`: read lazily, in sample order,
+    from the shards an index needs (opened on first use, closed by
+    `close()`). From ``.json`` and ``.npz`` files they are numpy
     arrays, read whole (`close` has nothing to do). `collect` returns one when
     given ``path=``; `load_activations` opens one.
 
     Attributes:
         path: the file.
-        format: ``"hdf5"``, ``"json"`` or ``"npz"``.
+        format: ``"hdf5"``, ``"json"``, ``"npz"`` or ``"shards"`` (a folder).
         attrs: the file's attributes (``model``, ``num_samples``, ``points``, ...).
 
     Example:
@@ -152,8 +160,13 @@ class Activations(dict):
 
     def __init__(self, path: Any, *, arrays: dict | None = None, attrs: dict | None = None):
         self.path = Path(os.fspath(path))
-        self.format = file_format(self.path)
         self.file: Any = None
+        self._close: Any = None
+        if self.path.is_dir():
+            self.format = "shards"
+            arrays, attrs, self._close = open_folder(self.path)
+        else:
+            self.format = file_format(self.path)
         if arrays is None and self.format == "hdf5":
             import h5py
 
@@ -166,9 +179,11 @@ class Activations(dict):
         self.attrs = dict(attrs or {})
 
     def close(self) -> None:
-        """Close the HDF5 file (nothing to do for ``.json`` and ``.npz``)."""
+        """Close the HDF5 file or the open shards (nothing to do for ``.json`` and ``.npz``)."""
         if self.file is not None:
             self.file.close()
+        if self._close is not None:
+            self._close()
 
     def __enter__(self) -> Activations:  # noqa: PYI034
         return self
@@ -178,17 +193,20 @@ class Activations(dict):
 
 
 def load_activations(path: Any) -> Activations:
-    """Open a file written by `collect(path=...)` (``.h5``, ``.hdf5``, ``.json``, ``.npz``) or `ActivationRecorder`.
+    """Open what `collect(path=...)` wrote (``.h5``, ``.hdf5``, ``.json``, ``.npz``, a folder of shards) or `ActivationRecorder`.
 
     Args:
-        path: the file; its suffix says its format.
+        path: the file (its suffix says its format), or a folder of shards
+            written by `collect(path=folder)` in process or on Ray.
 
     Returns:
         An `Activations`: ``{address: values}`` (lazy ``h5py.Dataset`` for
-        HDF5, numpy arrays otherwise), with ``attrs``; a context manager.
+        HDF5, lazy `ShardedArray` over the shards of a folder, in sample
+        order; numpy arrays otherwise), with ``attrs``; a context manager.
 
     Raises:
-        DataError: an unknown suffix, or a file that is not one `collect` wrote.
+        DataError: an unknown suffix, a file that is not one `collect` wrote,
+            or a folder without a manifest (an unfinished run).
 
     Example:
         >>> import keras, numpy as np, kerasurgery as ks, tempfile, os

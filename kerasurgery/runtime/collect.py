@@ -18,10 +18,12 @@ import numpy as np
 
 from kerasurgery.address.selector import Selector
 from kerasurgery.runtime.activations import FILE_FORMATS, Activations, check_json_size, file_format
+from kerasurgery.checks import positive_int
 from kerasurgery.runtime.inputs import adapt, check_batch_size
 from kerasurgery.runtime.loop import run
 from kerasurgery.runtime.plan import Plan, plan_for
-from kerasurgery.runtime.sinks import ArrayFileSink, H5Sink, MemorySink, check_fits, check_path
+from kerasurgery.runtime.shards import DEFAULT_SHARD_SIZE, is_folder_path, prepare_folder
+from kerasurgery.runtime.sinks import ArrayFileSink, H5Sink, MemorySink, ShardSink, check_fits, check_path
 
 
 def _static_bytes(plan: Plan, *, per_address: bool = False) -> int | None:
@@ -55,6 +57,7 @@ def collect(
     progress: bool | None = None,
     overwrite: bool = False,
     steps: int | None = None,
+    shard_size: int | None = None,
 ) -> dict[str, np.ndarray]: ...
 
 
@@ -70,6 +73,7 @@ def collect(
     progress: bool | None = None,
     overwrite: bool = False,
     steps: int | None = None,
+    shard_size: int | None = None,
 ) -> Activations: ...
 
 
@@ -84,6 +88,7 @@ def collect(
     progress: bool | None = None,
     overwrite: bool = False,
     steps: int | None = None,
+    shard_size: int | None = None,
 ) -> dict[str, np.ndarray] | Activations:
     """The activations of `points` of `model` over `data`, one forward pass per batch.
 
@@ -109,11 +114,18 @@ def collect(
             streamed batch by batch, for any size), ``.json`` (one JSON
             document of nested lists with shapes and dtypes; at most
             100 MB of values) or ``.npz`` (one numpy array per address).
-            See `kerasurgery.runtime.activations`. Any other suffix is
+            A path without a suffix (or an existing folder) is a folder
+            of shards: one HDF5 file per `shard_size` samples and a
+            ``manifest.json`` written last (see `kerasurgery.runtime.shards`;
+            the layout `collect` on a Ray dataset writes). See
+            `kerasurgery.runtime.activations`. Any other suffix is
             refused before anything runs.
         progress: show a progress bar; None shows it when stdout is a terminal.
-        overwrite: allow `path` to replace an existing file.
+        overwrite: allow `path` to replace an existing file (or the files
+            of an earlier `collect` in a folder).
         steps: read at most this many batches.
+        shard_size: samples per shard of a folder `path` (at least: shards
+            end on batch boundaries); None: 512.
 
     Returns:
         ``{address: array}`` of shape ``(samples, *point shape)``, in the
@@ -150,16 +162,21 @@ def collect(
         ('Activations', (10, 8))
     """
     batch_size = check_batch_size(batch_size)
-    target = check_path(path, overwrite, tuple(FILE_FORMATS)) if path is not None else None
+    folder = path is not None and is_folder_path(path)
+    shard_size = positive_int(DEFAULT_SHARD_SIZE if shard_size is None else shard_size, "shard_size")
+    target = check_path(path, overwrite, tuple(FILE_FORMATS)) if path is not None and not folder else None
     plan = plan_for(model, points, training=training)
     source = adapt(data, plan.probe, batch_size=batch_size, steps=steps)
     per_sample = _static_bytes(plan)
-    in_memory = target is None or file_format(target) != "hdf5"
+    in_memory = not folder and (target is None or file_format(target) != "hdf5")
     if in_memory and per_sample and source.num_samples:
         check_fits(per_sample, source.num_samples, len(plan.addresses))
     attrs = {"model": model.name, "training": training, "points": list(plan.addresses)}
-    if target is None:
-        sink: Any = MemorySink(plan.keys, source.num_samples, source.num_batches)
+    if folder:
+        where = prepare_folder(path, attrs, overwrite=overwrite)
+        sink: Any = ShardSink(where, plan.keys, attrs, shard_size)
+    elif target is None:
+        sink = MemorySink(plan.keys, source.num_samples, source.num_batches)
     elif file_format(target) == "hdf5":
         sink = H5Sink(target, plan.keys, source.num_samples, source.num_batches, attrs)
     else:
@@ -169,7 +186,8 @@ def collect(
         sink = ArrayFileSink(target, plan.keys, source.num_samples, source.num_batches, attrs)
     try:
         n = run(plan, source, sink, progress=progress)
-        return sink.finish(n)
+        result = sink.finish(n)
+        return Activations(result) if folder else result
     except BaseException:
         sink.abort()
         raise

@@ -6,7 +6,9 @@ preallocates one array per distinct tensor (growing geometrically only when
 the number of samples is unknown) and refuses up front a result larger than
 the available memory. `H5Sink` writes one chunked dataset per address into a
 temporary file next to the target, renamed into place only when every batch
-is written, so an error never leaves a half-written file behind. `ArrayFileSink`
+is written, so an error never leaves a half-written file behind. `ShardSink`
+writes a folder of such files, one per shard of samples, and a manifest last
+(`kerasurgery.runtime.shards`). `ArrayFileSink`
 gathers the values in memory like `MemorySink` and writes one ``.json`` or
 ``.npz`` file at the end (the formats are `kerasurgery.runtime.activations`).
 
@@ -118,7 +120,8 @@ def check_path(path: Any, overwrite: bool, suffixes: tuple[str, ...] = HDF5_SUFF
         raise DataError(f"Expected `path` to name a file. Received: path='{p}', which is a folder.")
     if p.suffix.lower() not in suffixes:
         formats = ("this writes HDF5 only" if tuple(suffixes) == HDF5_SUFFIXES else
-                   ".h5/.hdf5 for HDF5 (streamed to disk, any size), .json or .npz for small results")
+                   ".h5/.hdf5 for HDF5 (streamed to disk, any size), .json or .npz for small results; "
+                   "no suffix for a folder of shards")
         raise DataError(
             f"Expected `path` ending in {', '.join(suffixes)}. Received: path='{p}'. The suffix picks the "
             f"format: {formats}."
@@ -314,3 +317,69 @@ class H5Sink:
 
     def abort(self) -> None:
         self.pending.discard()
+
+
+class ShardSink:
+    """A folder of shards (`kerasurgery.runtime.shards`): an `H5Sink` per shard of whole batches.
+
+    A shard is closed (renamed into place) once it holds at least
+    `shard_size` samples; the manifest is written by `finish`, last. On an
+    error the open shard is discarded and no manifest is written, so the
+    folder is never taken for a complete result.
+
+    Args:
+        folder: the folder, prepared by `kerasurgery.runtime.shards.prepare_folder`.
+        keys: ``{address: key}`` as for `MemorySink`.
+        attrs: file attributes (model name, training, points).
+        shard_size: samples per shard (at least; shards end on batch boundaries).
+    """
+
+    def __init__(self, folder: Path, keys: dict[str, str], attrs: dict, shard_size: int):
+        self.folder = folder
+        self.keys = keys
+        self.attrs = attrs
+        self.shard_size = shard_size
+        self.shards: list[dict] = []
+        self.current: H5Sink | None = None
+        self.start = 0  # first sample of the current shard
+
+    def prepare(self, outputs: dict[str, Any], rows: int) -> None:
+        self.shapes = {}
+        for key, t in outputs.items():
+            check_batch(key, t, rows, None, "batch 0")
+            self.shapes[key] = tuple(t.shape[1:])
+        self.dtypes = {k: h5.storable_dtype(backend.as_numpy(t).dtype) for k, t in outputs.items()}
+
+    def check(self, outputs: dict[str, Any], rows: int, where: str) -> None:
+        for key, t in outputs.items():
+            check_batch(key, t, rows, self.shapes[key], where)
+
+    def write(self, start: int, rows: int, outputs: dict[str, Any]) -> None:
+        from kerasurgery.runtime.shards import shard_file
+
+        if self.current is None:
+            self.start = start
+            self.current = H5Sink(self.folder / shard_file(f"{start:012d}"), self.keys, None, None, self.attrs)
+            self.current.prepare(outputs, rows)
+        self.current.write(start - self.start, rows, outputs)
+        if start + rows - self.start >= self.shard_size:
+            self._close(start + rows)
+
+    def _close(self, stop: int) -> None:
+        if self.current is not None:
+            self.current.finish(stop - self.start).close()
+            self.shards.append({"file": self.current.pending.path.name, "rows": stop - self.start})
+            self.current = None
+
+    def finish(self, n: int) -> Path:
+        from kerasurgery.runtime.shards import write_manifest
+
+        self._close(n)
+        points = {a: {"shape": list(self.shapes[k]), "dtype": str(self.dtypes[k])} for a, k in self.keys.items()}
+        write_manifest(self.folder, self.attrs, points, self.shards)
+        return self.folder
+
+    def abort(self) -> None:
+        if self.current is not None:
+            self.current.abort()
+            self.current = None
