@@ -62,7 +62,7 @@ class _WeightSink:
         pass
 
     def write(self, start: int, rows: int, outputs: dict) -> None:
-        for total, g in zip(self.sums, outputs["weights"]):
+        for total, g in zip(self.sums or [], outputs["weights"]):
             total += backend.as_numpy(g)
 
 

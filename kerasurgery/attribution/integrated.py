@@ -93,7 +93,7 @@ def integrated_gradients(
     plan = gradient_plan(model, [point], target=0 if predicted else target)  # see saliency: classes per batch
     source = adapt(data, plan.probe, batch_size=batch_size)
     plan.target.check_samples(source.num_samples)
-    address = score_address(graph_for(model))[0] if predicted else None
+    address = score_address(graph_for(model))[0] if predicted else ""
     alphas = np.linspace(0.0, 1.0, steps + 1)
     weights = np.full(steps + 1, 1.0 / steps)
     weights[[0, -1]] = 0.5 / steps

@@ -95,7 +95,7 @@ def _shapes(graph: Any, model: keras.Model, addresses: list[str], keys: dict[str
     static = [tuple(t.shape[1:]) for t in model.input[1]] if keys else []
     if all(d is not None for s in static for d in s):
         return static
-    first = {}
+    first: dict[int, str] = {}
     for address, index in keys.items():
         first.setdefault(index, address)
     unique = [first[i] for i in range(len(static))]

@@ -115,7 +115,7 @@ def _smoothgrad(model: keras.Model, data: Any, point: str, target: Any, samples:
     plan = gradient_plan(model, [point], target=0 if predicted else target)
     source = adapt(data, plan.probe, batch_size=batch_size)
     plan.target.check_samples(source.num_samples)
-    address = score_address(graph_for(model))[0] if predicted else None
+    address = score_address(graph_for(model))[0] if predicted else ""
     rng = np.random.default_rng(seed)
     bar = Progress(progress, source.num_batches)
     parts, start = [], 0

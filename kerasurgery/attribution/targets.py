@@ -235,7 +235,7 @@ def function_target(graph: nx.DiGraph, fn: Callable) -> Target:
             f"{example}. Received: {fn!r}, which failed on symbolic outputs: {type(e).__name__}: {e}"
         ) from e
     shape = getattr(result, "shape", None)
-    if not isinstance(result, keras.KerasTensor) or tuple(shape) != (None,):
+    if not isinstance(result, keras.KerasTensor) or tuple(result.shape) != (None,):
         got = f"shape {tuple(shape)}" if shape is not None else f"a {type(result).__name__}"
         raise DataError(
             f"Expected `target` to return one value per sample, shape (batch,). Received: {got}, which "

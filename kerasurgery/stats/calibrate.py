@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import keras
 import numpy as np
@@ -254,7 +254,7 @@ def calibrate(
     lays = layouts(plan.probe, plan.unique)
     source = _Replayable(adapt(data, plan.probe, batch_size=batch_size, steps=steps))
     sink = _Accumulator(bins, lays, source, again)
-    samples = run(plan, source, sink, progress=progress)
+    samples = run(plan, cast(Source, source), sink, progress=progress)  # duck-typed: batches, num_batches
     result = Calibration(model=model.name)
     for address, key in plan.keys.items():
         t = plan.probe.output[key]
