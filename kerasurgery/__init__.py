@@ -56,6 +56,9 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "PointStats": ("kerasurgery.stats.results", "PointStats"),
     "merge": ("kerasurgery.stats.results", "merge"),
     "ActivationRecorder": ("kerasurgery.recorder", "ActivationRecorder"),
+    # quantization
+    "Range": ("kerasurgery.quant.ranges", "Range"),
+    "Ranges": ("kerasurgery.quant.ranges", "Ranges"),
     "compare": ("kerasurgery.equivalence", "compare"),
     # errors
     "KerasurgeryError": ("kerasurgery.errors", "KerasurgeryError"),
@@ -103,6 +106,7 @@ if TYPE_CHECKING or "sphinx" in sys.modules:  # static names for type checkers a
     from kerasurgery.passes.probe_pair import probe_pair
     from kerasurgery.passes.split import split_activations
     from kerasurgery.passes.taps import insert_taps
+    from kerasurgery.quant.ranges import Range, Ranges
     from kerasurgery.recorder import ActivationRecorder
     from kerasurgery.runtime.activations import Activations, load_activations
     from kerasurgery.runtime.collect import collect
