@@ -59,6 +59,7 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     # quantization
     "Range": ("kerasurgery.quant.ranges", "Range"),
     "Ranges": ("kerasurgery.quant.ranges", "Ranges"),
+    "fake_quantize": ("kerasurgery.quant.fake", "fake_quantize"),
     "compare": ("kerasurgery.equivalence", "compare"),
     # errors
     "KerasurgeryError": ("kerasurgery.errors", "KerasurgeryError"),
@@ -106,6 +107,7 @@ if TYPE_CHECKING or "sphinx" in sys.modules:  # static names for type checkers a
     from kerasurgery.passes.probe_pair import probe_pair
     from kerasurgery.passes.split import split_activations
     from kerasurgery.passes.taps import insert_taps
+    from kerasurgery.quant.fake import fake_quantize
     from kerasurgery.quant.ranges import Range, Ranges
     from kerasurgery.recorder import ActivationRecorder
     from kerasurgery.runtime.activations import Activations, load_activations

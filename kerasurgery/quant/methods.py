@@ -9,8 +9,10 @@ percentile    ``|x|``'s `percentile` (``[-t, t]`` or ``[0, t]``); asymmetric:
 entropy       TensorRT's KL-divergence search on the histogram of ``|x|``
               (`kerasurgery.quant.thresholds.entropy_cells`) into as many
               levels as the quantizer has codes on ``[0, amax]`` (128 signed,
-              256 unsigned at 8 bits); asymmetric: that window ``[-t, t]``,
-              cut to ``[min, max]``
+              256 unsigned at 8 bits), exact zeros left out (they are a code
+              at any threshold; a spike of them, as after a ReLU or at
+              zero-padded borders, would pull the threshold down);
+              asymmetric: that window ``[-t, t]``, cut to ``[min, max]``
 mse           the threshold with the least expected squared error on the
               histogram (`kerasurgery.quant.thresholds.expected_mse`);
               asymmetric: the step, the zero point kept from min/max
@@ -143,6 +145,7 @@ def _channel(address: str, c: int | None, counts: np.ndarray, first: int, width:
                 f"(`calibrate(..., bins={max(2048, 8 * levels)})`; per-channel statistics default to 128), "
                 "or choose the 'mse' or 'percentile' method."
             )
+        folded[0] -= min(zeros, folded[0])  # exact zeros are codes at any threshold: they say nothing about it
         t = min(thresholds.entropy_cells(folded, levels) * w, amax)
     if kind == "unsigned":
         return 0.0, t

@@ -189,6 +189,8 @@ def make_range(address: str, low: Any, high: Any, *, bits: int, kind: str, metho
         scale = np.where(hi > lo, (hi - lo) / (qmax - qmin), TINY)
         zero = np.clip(np.round(qmin - lo / scale), qmin, qmax).astype(np.int64)
     low_q, high_q = (qmin - zero) * scale, (qmax - zero) * scale
+    if kind != "asymmetric":  # exactly the clipping range (qmax * (amax / qmax) may be off by an ulp)
+        low_q, high_q = (-amax if kind == "signed" else np.zeros(amax.shape)), amax
     low_q = np.where(scale > TINY, low_q, 0.0)
     high_q = np.where(scale > TINY, high_q, 0.0)
     one = (lambda v: v) if channel_axis is not None else (lambda v: v.item())
