@@ -47,6 +47,13 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "replace_layer": ("kerasurgery.passes.layer_edits", "replace_layer"),
     "delete_layer": ("kerasurgery.passes.layer_edits", "delete_layer"),
     "patch": ("kerasurgery.passes.patch", "patch"),
+    # surgery: channels and BatchNorm folding
+    "delete_channels": ("kerasurgery.passes.channels", "delete_channels"),
+    "fold_batchnorm": ("kerasurgery.passes.fold", "fold_batchnorm"),
+    "fold_plan": ("kerasurgery.passes.fold", "fold_plan"),
+    "FoldPlan": ("kerasurgery.passes.fold", "FoldPlan"),
+    "rank_channels": ("kerasurgery.surgery.ranking", "rank_channels"),
+    "channel_scores": ("kerasurgery.surgery.ranking", "channel_scores"),
     # running over data
     "collect": ("kerasurgery.runtime.collect", "collect"),
     "load_activations": ("kerasurgery.runtime.activations", "load_activations"),
@@ -61,6 +68,13 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "Ranges": ("kerasurgery.quant.ranges", "Ranges"),
     "fake_quantize": ("kerasurgery.quant.fake", "fake_quantize"),
     "compare": ("kerasurgery.equivalence", "compare"),
+    # gradients and attribution
+    "gradients": ("kerasurgery.attribution.gradients", "gradients"),
+    "weight_gradients": ("kerasurgery.attribution.gradients", "weight_gradients"),
+    "grad_cam": ("kerasurgery.attribution.grad_cam", "grad_cam"),
+    "saliency": ("kerasurgery.attribution.saliency", "saliency"),
+    "integrated_gradients": ("kerasurgery.attribution.integrated", "integrated_gradients"),
+    "resize_maps": ("kerasurgery.attribution.resize", "resize_maps"),
     # errors
     "KerasurgeryError": ("kerasurgery.errors", "KerasurgeryError"),
     "AddressError": ("kerasurgery.errors", "AddressError"),
@@ -93,6 +107,11 @@ __all__ = sorted(_PUBLIC) + ["__version__"]
 _registration.register_layers_with_keras()
 
 if TYPE_CHECKING or "sphinx" in sys.modules:  # static names for type checkers and docs
+    from kerasurgery.attribution.grad_cam import grad_cam
+    from kerasurgery.attribution.gradients import gradients, weight_gradients
+    from kerasurgery.attribution.integrated import integrated_gradients
+    from kerasurgery.attribution.resize import resize_maps
+    from kerasurgery.attribution.saliency import saliency
     from kerasurgery.equivalence import compare
     from kerasurgery.errors import (AddressError, DataError, GraphError, KerasurgeryError, ModelError,
                                     TransformError)
@@ -101,9 +120,11 @@ if TYPE_CHECKING or "sphinx" in sys.modules:  # static names for type checkers a
     from kerasurgery.ir.resolve import points
     from kerasurgery.ir.schema import Ref, Slot
     from kerasurgery.ir.to_keras import to_model
+    from kerasurgery.passes.channels import delete_channels
     from kerasurgery.passes.expose import expose
     from kerasurgery.passes.layer_edits import delete_layer, insert_layer, replace_layer
     from kerasurgery.passes.patch import patch
+    from kerasurgery.passes.fold import FoldPlan, fold_batchnorm, fold_plan
     from kerasurgery.passes.probe_pair import probe_pair
     from kerasurgery.passes.split import split_activations
     from kerasurgery.passes.taps import insert_taps
@@ -114,3 +135,4 @@ if TYPE_CHECKING or "sphinx" in sys.modules:  # static names for type checkers a
     from kerasurgery.runtime.collect import collect
     from kerasurgery.stats.calibrate import calibrate
     from kerasurgery.stats.results import Calibration, PointStats, merge
+    from kerasurgery.surgery.ranking import channel_scores, rank_channels

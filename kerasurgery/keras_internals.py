@@ -14,7 +14,8 @@ inside a pass.
 ``Functional._inputs_struct``    inputs/outputs as given to the constructor
 ``Functional._outputs_struct``
 ``Operation._inbound_nodes``     one `Node` per call of an operation
-``KerasTensor._keras_history``   (operation, node index, tensor index)
+``KerasTensor._keras_history``   (operation, node index, tensor index);
+                                 a call's input tensors (`parent_tensors`)
 ``Layer._call_context_args``     arguments passed down to inner calls
                                  (``training``)
 ``Layer._flatten_layers``        every layer inside a model, recursively
@@ -25,11 +26,16 @@ inside a pass.
                                  while tracing)
 ``KerasTensor._sparse``          a symbolic tensor's sparsity (cleared where
                                  Keras infers it wrongly, below)
+global ``object_name_uids``      the counters behind automatic names
+                                 (``get_item_3``), restored after symbolic
+                                 checks of user code (`names_unchanged`)
 ==============================  ============================================
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -108,6 +114,14 @@ def producer(tensor: Any) -> Any:
     return tensor._keras_history.operation
 
 
+def parent_tensors(tensor: Any) -> list:
+    """The symbolic tensors the call that produced `tensor` read ([] for a tensor made by hand)."""
+    history = getattr(tensor, "_keras_history", None)
+    if history is None or history.operation is None:
+        return []
+    return list(history.operation._inbound_nodes[history.node_index].input_tensors)
+
+
 def context_arguments(op: Any) -> set:
     """Names of the call-context arguments `op` passes down to inner calls (``training``)."""
     return set(getattr(op, "_call_context_args", ()) or ())
@@ -176,3 +190,26 @@ def clear_false_sparsity(outputs: list, inputs: list) -> None:
     for t in outputs:
         if isinstance(t, keras.KerasTensor) and t.sparse:
             t._sparse = False
+
+
+@contextlib.contextmanager
+def names_unchanged() -> Iterator[None]:
+    """Keras's automatic-name counters as they were, after the block.
+
+    Calling user code on symbolic tensors (to check a target function or a
+    loss) creates operations, and each takes a number from a global counter
+    (``get_item``, ``get_item_1``, ...). Without this, the names Keras gives
+    the user's next operations, and so the addresses of an opened model,
+    would depend on whether such a check ran before.
+    """
+    from keras.src.backend.common import global_state
+
+    before = global_state.get_global_attribute("object_name_uids")
+    saved = dict(before) if before is not None else {}
+    try:
+        yield
+    finally:
+        after = global_state.get_global_attribute("object_name_uids")
+        if after is not None:
+            after.clear()
+            after.update(saved)

@@ -76,7 +76,7 @@ def assert_one_line_error(code, err, match):
 
 
 class TestHelp:
-    @pytest.mark.parametrize("command", ["demo", "inspect", "graph", "split", "expose", "collect", "calibrate"])
+    @pytest.mark.parametrize("command", ["demo", "inspect", "graph", "split", "expose", "collect", "calibrate", "fold", "prune"])
     def test_every_subcommand_has_help(self, capsys, command):
         code, out, _ = run(capsys, command, "--help")
         assert code == 0
@@ -85,7 +85,7 @@ class TestHelp:
     def test_top_level_help_lists_every_subcommand(self, capsys):
         code, out, _ = run(capsys, "--help")
         assert code == 0
-        for command in ("demo", "inspect", "graph", "split", "expose", "collect", "calibrate"):
+        for command in ("demo", "inspect", "graph", "split", "expose", "collect", "calibrate", "fold", "prune"):
             assert f"    {command}" in out
 
     def test_no_command_prints_help_and_fails(self, capsys):
@@ -419,7 +419,7 @@ class TestDemo:
         assert code == 0, err
         written = sorted(os.listdir(tmp_path / "demo"))
         pictures = ["inputs.png", "feature_maps_conv_1.png", "feature_maps_conv_2.png", "histograms.png", "graph.png",
-                    "attention.png"]
+                    "attention.png", "grad_cam.png"]
         assert written == sorted(pictures + ["shapes_cnn.keras", "shapes.npy", "features.h5"])
         from kerasurgery.cli.demo import FILES
 
@@ -432,7 +432,7 @@ class TestDemo:
             image = plt.imread(tmp_path / "demo" / name)
             assert min(image.shape[:2]) > 150 and image.std() > 0.01, name
         for step in ("1. ", "2. Logits", "3. Split", "4. Probe pair", "5. Collect", "6. Calibrate",
-                     "7. Transfer", "8. Attention", "9. Surgery", "10. Files"):
+                     "7. Transfer", "8. Attention", "9. Surgery", "10. Grad-CAM", "11. Files"):
             assert step in out
         assert str(tmp_path / "demo") in out
         # the files it leaves are what the next commands it suggests need

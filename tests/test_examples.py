@@ -42,6 +42,8 @@ WRITES = {
     "08_surgery.py": ["rescaled.keras"],
     "09_keras_hub_attention.py": ["attention_heads.png"],
     "10_patching.py": ["patched.keras"],
+    "11_pruning.py": ["pruned_folded.keras"],
+    "12_grad_cam.py": ["grad_cam.png"],
 }
 
 #: Examples that need an optional package (skipped without it; CI's keras_hub step runs them).
@@ -57,6 +59,7 @@ JOBS = {
     "training-time probes": "05_probe_training.py",
     "attention": "06_attention.py",
     "surgery": "08_surgery.py",
+    "gradients and attribution": "12_grad_cam.py",
 }
 
 

@@ -72,6 +72,28 @@ def test_flat_inputs_outputs_and_structures():
     assert internals.input_structure(model) is model.input and internals.output_structure(model) is model.output
 
 
+def test_parent_tensors_walk_a_keras_ops_function_back_to_its_placeholders():
+    a, b = keras.KerasTensor((None, 3)), keras.KerasTensor((None, 3))
+    out = keras.ops.sum(keras.ops.exp(a[:, 1:]), axis=1)
+    assert internals.parent_tensors(a) == []  # made by hand: no history
+    seen, stack = set(), [out]
+    while stack:
+        t = stack.pop()
+        seen.add(id(t))
+        stack.extend(internals.parent_tensors(t))
+    assert id(a) in seen and id(b) not in seen
+
+
+def test_names_unchanged_restores_the_automatic_name_counters():
+    x = keras.KerasTensor((None, 3))
+    first = internals.producer(keras.ops.exp(x)).name
+    with internals.names_unchanged():
+        inside = [internals.producer(keras.ops.exp(x)).name for _ in range(3)]
+    after = internals.producer(keras.ops.exp(x)).name
+    number = lambda name: int(name.rsplit("_", 1)[1]) if name[-1].isdigit() else 0  # noqa: E731
+    assert number(inside[0]) == number(first) + 1 and number(after) == number(first) + 1
+
+
 def test_context_arguments_name_training():
     assert "training" in internals.context_arguments(keras.layers.Dropout(0.1))
     assert "training" in internals.context_arguments(mlp())

@@ -22,6 +22,8 @@ from kerasurgery.passes.copy import copy_pass
 from kerasurgery.passes.expose import expose_pass
 from kerasurgery.passes.layer_edits import delete_layer_pass, insert_layer_pass, replace_layer_pass
 from kerasurgery.passes.patch import patch_pass
+from kerasurgery.passes.fold import fold_batchnorm_pass
+from kerasurgery.passes.perturb import perturb_pass
 from kerasurgery.passes.split import split_activations_pass
 from kerasurgery.passes.taps import insert_taps_pass
 
@@ -66,6 +68,8 @@ PASSES = {
     "split_activations": lambda g: split_activations_pass(g),
     "insert_taps": _taps,
     "copy": copy_pass,
+    "fold_batchnorm": fold_batchnorm_pass,
+    "perturb": lambda g: perturb_pass(g, [p for p in ks.points(g) if not p.endswith(":scores")][1:5]),
 }
 
 

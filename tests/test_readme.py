@@ -153,6 +153,7 @@ JOBS = {
     "training-time probes": "callbacks=[ks.ActivationRecorder(...)]",
     "attention": "ks.expose(model, ['mha:scores'])",
     "surgery": "9. Surgery: g = ks.to_graph(model)",
+    "gradients and attribution": "10. Grad-CAM: maps = ks.grad_cam(model",
 }
 
 

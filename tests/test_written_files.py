@@ -248,6 +248,7 @@ def _written_by_commands(folder: Path, capsys) -> list[Path]:
         "graph.dot": ["graph", model], "graph.svg": ["graph", model, "--engine", "matplotlib"],
         "graph.pdf": ["graph", model, "--engine", "matplotlib"], "graph.graphml": ["graph", model],
         "split.keras": ["split", model], "probe.keras": ["expose", model, "dense_1"],
+        "fold.keras": ["fold", model], "prune.keras": ["prune", model, "--points", "dense_1", "--channels", "0"],
         "c.h5": ["collect", model, "--data", data, "--quiet"], "c.json": ["collect", model, "--data", data, "--quiet"],
         "c.npz": ["collect", model, "--data", data, "--quiet"],
         "r.json": ["calibrate", model, "--data", data, "--quiet", "--histograms", str(folder / "h.png")],

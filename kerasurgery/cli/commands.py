@@ -184,6 +184,64 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fold(args: argparse.Namespace) -> int:
+    import warnings
+
+    from kerasurgery.equivalence import compare
+
+    _output(args, args.output, (".keras",), "a model file")
+    model = _load(args)
+    plan = ks.fold_plan(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the layers left are listed below
+        folded = ks.fold_batchnorm(model)
+    report = compare(model, folded, _check_inputs(model, args.data, limit=64))
+    equal, worst = check_equal(report, args.atol)
+    where = "on --data" if args.data else "on random inputs"
+    print(f"folded {len(plan.folded)} BatchNormalization layer(s)"
+          + "".join(f"{', ' if i else ': '}{bn} -> {layer}" for i, (bn, layer) in enumerate(plan.folded.items())))
+    if plan.kept:
+        print(f"left {len(plan.kept)}:")
+        _print_columns([(bn, reason) for bn, reason in plan.kept.items()])
+    print(f"outputs {'equal' if equal else 'DIFFER from'} the original's: {worst} ({where})")
+    if equal or args.force:
+        _save_model(folded, args.output)
+        print(f"wrote {args.output}" + ("" if equal else " although its outputs differ (--force)"))
+    if not equal:
+        kept = "written anyway (--force)" if args.force else "nothing written (pass --force to write it anyway)"
+        print(f"kerasurgery fold: error: the folded model's outputs differ from the original's: {worst}; "
+              f"{kept}. This is likely a bug in kerasurgery; please report it.", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from kerasurgery.cli.pruning import prune
+    from kerasurgery.equivalence import compare
+
+    _output(args, args.output, (".keras",), "a model file")
+    model = _load(args)
+    data = _check_inputs(model, args.data, limit=args.limit) if args.data else None
+    pruned, report = prune(model, args.points, channels=args.channels, fraction=args.fraction, by=args.by,
+                           data=data)
+    for point, size, deleted in report:
+        shown = ", ".join(map(str, deleted[:12])) + (", ..." if len(deleted) > 12 else "")
+        print(f"{point}: deleted {len(deleted)} of {size} channels ({shown})")
+    before, after = model.count_params(), pruned.count_params()
+    print(f"parameters: {before:,} -> {after:,} ({(before - after) / before:.1%} fewer)")
+    checked = data if data is not None else _check_inputs(model, None)
+    try:
+        moved = ", ".join(f"'{name}' max abs {r['max_abs']:.3g} (max rel {r['max_rel']:.3g})"
+                          for name, r in compare(model, pruned, checked).items())
+    except DataError as error:  # the deleted channels reached an output
+        moved = f"their shapes changed ({error})"
+    print(f"outputs moved (pruning changes them; fine-tune to recover): {moved} "
+          f"({'on --data' if args.data else 'on random inputs'})")
+    _save_model(pruned, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def cmd_expose(args: argparse.Namespace) -> int:
     _output(args, args.output, (".keras",), "a model file")
     model = _load(args)

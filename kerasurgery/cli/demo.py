@@ -6,8 +6,9 @@ table: the points, logits through `expose`, a split model, a probe pair
 trained with an `ActivationRecorder`, collected activations and features
 streamed to disk, calibration ranges, an inner layer of a nested
 (transfer-learning) model, the attention weights of a tiny attention model,
-and surgery on the graph with networkx. It writes feature maps, histograms,
-attention heatmaps, the graph drawing and a few input samples as PNG files to
+surgery on the graph with networkx, and Grad-CAM heatmaps. It writes feature
+maps, histograms, attention heatmaps, Grad-CAM heatmaps over their inputs,
+the graph drawing and a few input samples as PNG files to
 an output folder, with the trained model (``shapes_cnn.keras``), some inputs
 (``shapes.npy``) and the streamed features (``features.h5``) to try the other
 commands on. Nothing is downloaded.
@@ -121,7 +122,7 @@ def _fmt(values: Any) -> str:
 
 #: Every file `run` writes into its folder (what ``kerasurgery demo --overwrite`` replaces).
 FILES = ("inputs.png", "feature_maps_conv_1.png", "feature_maps_conv_2.png", "histograms.png", "graph.png",
-         "attention.png", "shapes_cnn.keras", "shapes.npy", "features.h5")
+         "attention.png", "grad_cam.png", "shapes_cnn.keras", "shapes.npy", "features.h5")
 
 
 class _Writer:
@@ -216,14 +217,19 @@ def run(out: str = "kerasurgery-demo", *, epochs: int = 4, seed: int = 0,
     _nested_step(ks, model, x_test, echo)
     scores, sentence = _attention_step(ks, echo)
     _surgery_step(ks, model, x_test, echo)
+    maps = _grad_cam_step(ks, model, x_test, echo)
 
     _pictures(ks, files, model, x_test, y_test, acts, stats)
     files.save("attention", ks.plot.attention(scores, tokens=sentence, title="mha:scores of: " + " ".join(sentence)))
+    predicted = _numpy(model(x_test[:6], training=False)).argmax(axis=-1)
+    titles = [f"#{i} predicted {CLASSES[c]}" for i, c in enumerate(predicted)]
+    files.save("grad_cam", ks.plot.heatmaps(x_test[:6], maps, titles=titles, columns=6, label="Grad-CAM at conv_3",
+                                            title="where conv_3 sees evidence for the predicted class"))
     files.written["model"] = os.path.join(out, "shapes_cnn.keras")
     model.save(files.written["model"])
     files.written["data"] = os.path.join(out, "shapes.npy")
     np.save(files.written["data"], x_test[:64])
-    echo(f"\n10. Files written to {out}:")
+    echo(f"\n11. Files written to {out}:")
     for name, path in files.written.items():
         echo(f"   {os.path.basename(path):24s} {_CAPTIONS[name]}")
     model_path, data_path = (os.path.relpath(files.written[k]) for k in ("model", "data"))
@@ -241,6 +247,7 @@ _CAPTIONS = {
     "histograms": "histograms of every pre-activation (from calibrate)",
     "graph": "the model's graph; exposed points in red",
     "attention": "the attention weights of both heads, query tokens by key tokens",
+    "grad_cam": "Grad-CAM heatmaps at conv_3 over six inputs, for the predicted classes",
     "model": "the trained model, for `kerasurgery inspect` and friends",
     "data": "64 test images (N, 32, 32, 1), for --data",
 }
@@ -345,6 +352,26 @@ def _surgery_step(ks: Any, model: Any, x_test: Any, echo: Any) -> None:
          "with networkx; ks.to_model(g)")
     echo(f"   layers: {' -> '.join(layer.name for layer in edited.layers)}")
     echo(f"   largest output difference from the original (Dropout is inactive in inference): {diff:.2g}")
+
+
+def _grad_cam_step(ks: Any, model: Any, x_test: Any, echo: Any) -> np.ndarray:
+    maps = ks.grad_cam(model, x_test[:6], "conv_3", size="input")
+    shape = x_test[:6, ..., 0] > 0.5  # the drawn outline (noise has std 0.15)
+    echo("\n10. Grad-CAM: maps = ks.grad_cam(model, x[:6], 'conv_3', size='input') (the predicted class's "
+         "score before the softmax)")
+    echo(f"   maps {maps.shape} in [0, 1]; mean heat on the shapes' pixels {maps[shape].mean():.2f}, "
+         f"elsewhere {maps[~shape].mean():.2f}")
+    grads = ks.gradients(model, x_test[:6], ["conv_3", "dense:pre"], target=_log_confidence)
+    echo("   ks.gradients(model, x, ['conv_3', 'dense:pre'], target=<a function of the outputs>) -> "
+         + ", ".join(f"{a} {g.shape}" for a, g in grads.items()))
+    return maps
+
+
+def _log_confidence(probabilities: Any) -> Any:
+    """The log-probability of the most likely class, per sample (a target written with keras.ops)."""
+    import keras
+
+    return keras.ops.log(keras.ops.max(probabilities, axis=-1))
 
 
 def _pictures(ks: Any, files: _Writer, model: Any, x: Any, y: Any, acts: dict, stats: dict) -> None:

@@ -82,6 +82,17 @@ def _tolerance(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    """``--fraction``: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (exclusive), got {text!r}")
+    return value
+
+
 def _global_flags(p: argparse.ArgumentParser, default: object) -> None:
     """``--debug`` and ``--verbose``, accepted before or after the command's name."""
     p.add_argument("--debug", action="store_true", default=default,
@@ -167,6 +178,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the model even if its outputs differ (the exit status is still 1)")
     _overwrite(p)
     p.set_defaults(func="cmd_split")
+
+    p = sub.add_parser("fold", parents=[model, flags], help="copy with BatchNormalization folded into the layer before",
+                       description="Write a copy of the model in which every BatchNormalization that directly "
+                       "follows a Dense or a convolution (nothing else reading that value) is folded into its "
+                       "kernel and bias, and lists those that stay and why. Its outputs are compared with the "
+                       "original's first: if they differ beyond --atol it prints 'outputs DIFFER', writes "
+                       "nothing (unless --force) and exits with status 1.")
+    _output(p, "OUT.keras", "the model file to write")
+    p.add_argument("--data", metavar="FILE", help="check equality on these inputs instead of random ones")
+    p.add_argument("--atol", type=_tolerance, default=1e-4, metavar="T",
+                   help="outputs are equal when max |folded - original| <= T * max(1, max |original|) (1e-4)")
+    p.add_argument("--force", action="store_true",
+                   help="write the model even if its outputs differ (the exit status is still 1)")
+    _overwrite(p)
+    p.set_defaults(func="cmd_fold")
+
+    p = sub.add_parser("prune", parents=[model, flags], help="copy without some output channels of layers",
+                       description="Write a copy of the model without output channels of the layers at --points "
+                       "(Dense units, convolution filters), removed everywhere they reach (BatchNormalization, "
+                       "the next layer's input weights, the other branches of an Add, ...). Choose the channels "
+                       "with --channels, or the lowest-ranked --fraction of each point (--by). Prints the "
+                       "parameters saved and how far the outputs moved.")
+    _points(p, "the layers (addresses) whose output channels go", required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--channels", type=int, nargs="+", metavar="C", help="channel indices to delete at each point")
+    which.add_argument("--fraction", type=_fraction, metavar="F",
+                       help="delete the lowest-ranked F of each point's channels (0 < F < 1, rounded down)")
+    p.add_argument("--by", choices=("l1", "l2", "mean", "apoz"), default="l1",
+                   help="ranking for --fraction: l1/l2 norm of each channel's kernel slice, or its mean or "
+                   "fraction of zeros (apoz) over --data (give the activation's address as the point) (l1)")
+    p.add_argument("--data", metavar="FILE", help="inputs for --by mean/apoz and for the output report")
+    p.add_argument("--limit", type=int, metavar="N", help="use only the first N samples of --data")
+    _output(p, "OUT.keras", "the model file to write")
+    _overwrite(p)
+    p.set_defaults(func="cmd_prune")
 
     p = sub.add_parser("expose", parents=[model, flags], help="probe model whose outputs are the given points",
                        description="Write a model returning {address: tensor} for the points, sharing "

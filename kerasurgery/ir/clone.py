@@ -17,6 +17,7 @@ value of the original's variable of the same name, after loading.
 from __future__ import annotations
 
 import contextlib
+import gc
 import tempfile
 from typing import Any
 
@@ -146,3 +147,46 @@ def _assign_by_name(src: list, dst: list) -> None:
         source = sources.get(name)
         if source is not None and tuple(source.shape) == tuple(variable.shape) and source.dtype == variable.dtype:
             variable.assign(np.array(keras.ops.convert_to_numpy(source)))
+
+
+def rebuild(op: Any, config_changes: dict, input_shape: Any, weights: list) -> Any:
+    """A new layer like `op` with a changed config, built for `input_shape` and given `weights`.
+
+    For rewrites that change a layer's shapes (fewer units, a folded bias):
+    the copy is made from ``op``'s config with `config_changes`, built with
+    zeros initializers (its config keeps the original initializers) and
+    given `weights` in the order of its ``weights``.
+
+    Raises:
+        TransformError: the weights do not fit the rebuilt layer.
+    """
+    config = op.get_config()
+    config.update(config_changes)
+    layer = type(op).from_config(config)
+    with _zero_initializers(layer):
+        layer.build(input_shape)
+    shapes = [tuple(v.shape) for v in layer.weights]
+    given = [tuple(np.shape(w)) for w in weights]
+    if shapes != given:
+        raise TransformError(
+            f"Expected weights of shapes {shapes} for the rebuilt '{op.name}'. Received: {given}."
+        )
+    layer.set_weights([np.asarray(w) for w in weights])
+    return layer
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Python's cyclic garbage collector paused: passes that create many layers stay linear.
+
+    Every new layer and variable is a handful of objects; with the collector
+    running, its full passes over everything the process holds make copying
+    a large model superlinear (as in `kerasurgery.to_model`).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

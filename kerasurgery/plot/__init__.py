@@ -13,6 +13,10 @@ with ``pip install kerasurgery[plot]``).
                    at most `max_points` a figure (``page=`` for the others)
 `histogram_pages`  every page of `histograms`, one figure each
 `attention`        one heatmap per head of ``:scores``, with token labels
+`heatmaps`         attribution maps (Grad-CAM, saliency) over their images,
+                   with a colour bar
+`save_activations` one PNG per point of a `kerasurgery.collect` result,
+                   any rank, into a folder (never overwriting unless asked)
 `graph`            the model's DAG (Graphviz when installed, else matplotlib)
 `save_graph`       a drawing of the DAG to .svg, .png or .pdf
 =================  ==========================================================
@@ -24,9 +28,12 @@ Example:
     5
 """
 
+from kerasurgery.plot.activation_files import save_activations
 from kerasurgery.plot.attention_maps import attention
 from kerasurgery.plot.distributions import histogram_pages, histograms
 from kerasurgery.plot.graph_figure import graph, save_graph
+from kerasurgery.plot.heatmaps import heatmaps
 from kerasurgery.plot.maps import feature_maps
 
-__all__ = ["attention", "feature_maps", "graph", "histogram_pages", "histograms", "save_graph"]
+__all__ = ["attention", "feature_maps", "graph", "heatmaps", "histogram_pages", "histograms", "save_activations",
+           "save_graph"]

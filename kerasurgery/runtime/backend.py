@@ -87,6 +87,7 @@ class Step:
         self._signature: tuple | None = None
         self._trainable: list | None = None
         self._state: list | None = None
+        self._structure = model.input  # the structure of the inputs a call receives
         self._inputs = keras.tree.flatten(model.input)
         batches = {t.shape[0] for t in self._inputs}
         self.batch_size: int | None = batches.pop() if len(batches) == 1 else None
@@ -112,7 +113,7 @@ class Step:
         import tensorflow as tf
 
         flat = [tf.TensorSpec((t.shape[0], *shape), t.dtype) for t, shape in zip(self._inputs, dims)]
-        inputs_spec = keras.tree.pack_sequence_as(self.model.input, flat)
+        inputs_spec = keras.tree.pack_sequence_as(self._structure, flat)
         extra_spec = [tf.TensorSpec(shape, dtype) for shape, dtype in self.extra]
         trainable, state = self.model.trainable_variables, self.model.non_trainable_variables
         if not self.training:

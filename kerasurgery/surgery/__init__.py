@@ -1,0 +1,1 @@
+"""Surgery workflows built on the analyses: which channels to prune (`ranking`)."""
