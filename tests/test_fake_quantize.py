@@ -42,9 +42,12 @@ def mlp():
 DATA = np.random.default_rng(0).normal(size=(64, 6)).astype("float32")
 
 
-def test_mlp_equals_a_numpy_forward_pass():
+@pytest.mark.parametrize("symmetric", [None, False])
+def test_mlp_equals_a_numpy_forward_pass(symmetric):
     model = mlp()
-    ranges = ks.calibrate(model, DATA, ["x", "d1:pre", "out"]).ranges("minmax")
+    ranges = ks.calibrate(model, DATA, ["x", "d1:pre", "out"]).ranges("minmax", symmetric=symmetric)
+    if symmetric is False:  # asymmetric: a zero point that is not 0
+        assert all(r.zero_point != 0 for r in ranges.values())
     quantized = ks.fake_quantize(model, ranges)
     (w1, b1), (w2, b2) = model.get_layer("d1").get_weights(), model.get_layer("out").get_weights()
     x = qdq32(DATA, ranges["x"])

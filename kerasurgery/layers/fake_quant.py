@@ -85,7 +85,7 @@ class FakeQuant(keras.layers.Layer):
         if self.channel_axis is None:
             return value
         shape = [1] * rank
-        shape[self.channel_axis] = self.channels
+        shape[self.channel_axis] = int(self.channels or 1)
         return ops.reshape(value, shape)
 
     def _check(self, input_shape: Any) -> None:

@@ -104,8 +104,12 @@ def fake_quantize(model: keras.Model, ranges: Mapping[str, Range], points: Selec
         chosen = list(ranges)
     else:
         chosen = select(list(ranges), points, what="points", owner="the ranges (the points with statistics)")
-    keys = [*chosen, *([w for w in ([weights] if isinstance(weights, str) else weights)]
-                       if weights not in (True, False, None) and not callable(weights) else [])]
+    named: list[str] = []
+    if isinstance(weights, str):
+        named = [weights]
+    elif weights not in (True, False, None) and not callable(weights):
+        named = list(weights)  # type: ignore[arg-type]
+    keys = [*chosen, *named]
     graph = graph_for(model, keys, open=scores_to_open(chosen))
     names = Names(graph)
     quantizers = {a: quantizer(ranges[a].with_bits(bits), names.make(patch_name(a, "quant"))) for a in chosen}

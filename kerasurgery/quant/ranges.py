@@ -179,7 +179,7 @@ def make_range(address: str, low: Any, high: Any, *, bits: int, kind: str, metho
     if kind == "signed":
         amax = np.maximum(np.abs(lo), np.abs(hi))
         scale = np.where(amax > 0, amax / qmax, TINY)
-        zero = np.zeros(lo.shape, np.int64)
+        zero: np.ndarray = np.zeros(lo.shape, np.int64)
     elif kind == "unsigned":
         amax = np.maximum(hi, 0.0)
         scale = np.where(amax > 0, amax / qmax, TINY)
@@ -188,7 +188,8 @@ def make_range(address: str, low: Any, high: Any, *, bits: int, kind: str, metho
         lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
         scale = np.where(hi > lo, (hi - lo) / (qmax - qmin), TINY)
         zero = np.clip(np.round(qmin - lo / scale), qmin, qmax).astype(np.int64)
-    low_q, high_q = (qmin - zero) * scale, (qmax - zero) * scale
+    low_q: np.ndarray = (qmin - zero) * scale
+    high_q: np.ndarray = (qmax - zero) * scale
     if kind != "asymmetric":  # exactly the clipping range (qmax * (amax / qmax) may be off by an ulp)
         low_q, high_q = (-amax if kind == "signed" else np.zeros(amax.shape)), amax
     low_q = np.where(scale > TINY, low_q, 0.0)

@@ -127,7 +127,7 @@ def entropy_cells(counts: np.ndarray, levels: int) -> int:
     return int(levels + np.argmin(kl))
 
 
-def _side(x: np.ndarray, step: np.ndarray, codes: np.ndarray) -> np.ndarray:
+def _side(x: np.ndarray, step: np.ndarray, codes: np.ndarray | float) -> np.ndarray:
     """``integral_0^x (u - Q(u))**2 du`` for ``x >= 0``; Q rounds to multiples of `step`, at most ``codes * step``."""
     with np.errstate(invalid="ignore", divide="ignore"):
         edge = (codes - 0.5) * step                       # saturation starts here
