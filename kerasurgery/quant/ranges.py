@@ -231,15 +231,28 @@ class Ranges(dict):
         self.percentile = percentile
         self.per_channel = bool(per_channel)
 
-    def to_dict(self) -> dict:
-        """The JSON-ready form (schema in docs/quantization.md)."""
+    def to_dict(self, *, names: Any = None) -> dict:
+        """The JSON-ready form (schema in docs/quantization.md).
+
+        `names`: as for `to_tensorrt` (a `keras.Model`, a dict or a function);
+        if given, each point also gets its ``"tensor"`` name.
+        """
+        points = {a: r.to_dict() for a, r in self.items()}
+        if names is not None:
+            from kerasurgery.quant.export import names_of
+
+            for address, name in names_of(self, names).items():
+                points[address]["tensor"] = name
         return {"format": FORMAT, "version": VERSION, "model": self.model, "method": self.method, "bits": self.bits,
                 "symmetric": self.symmetric, "percentile": self.percentile, "per_channel": self.per_channel,
-                "points": {a: r.to_dict() for a, r in self.items()}}
+                "points": points}
 
-    def to_json(self, path: Any = None, *, indent: int | None = None) -> str:
-        """The ranges as JSON text, also written to `path` if given; `from_json` reads it back exactly."""
-        text = json.dumps(self.to_dict(), indent=indent)
+    def to_json(self, path: Any = None, *, indent: int | None = None, names: Any = None) -> str:
+        """The ranges as JSON text, also written to `path` if given; `from_json` reads it back exactly.
+
+        `names` adds each point's tensor name (see `to_dict`).
+        """
+        text = json.dumps(self.to_dict(names=names), indent=indent)
         if path is not None:
             with open(os.fspath(path), "w") as f:
                 f.write(text)
@@ -278,11 +291,12 @@ class Ranges(dict):
             raise DataError(f"Expected ranges as JSON. Received: text that is not JSON ({e}).") from None
         return cls.from_dict(d)
 
-    def to_tensorrt(self, path: Any, *, names: Any = None, header: str | None = None) -> dict[str, str]:
+    def to_tensorrt(self, path: Any, *, names: Any = None, header: str | None = None,
+                    overwrite: bool = False) -> dict[str, str]:
         """Write a TensorRT calibration cache; see `kerasurgery.quant.export.write_tensorrt_cache`."""
         from kerasurgery.quant.export import write_tensorrt_cache
 
-        return write_tensorrt_cache(self, path, names=names, header=header)
+        return write_tensorrt_cache(self, path, names=names, header=header, overwrite=overwrite)
 
     def __repr__(self) -> str:
         of = f" of model {self.model!r}" if self.model else ""
