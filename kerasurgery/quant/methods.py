@@ -54,7 +54,8 @@ def check_bits(bits: Any) -> int:
     return int(bits)
 
 
-def _check(method: Any, percentile: Any, bits: Any, symmetric: Any, per_channel: Any) -> tuple:
+def check_settings(method: Any, percentile: Any, bits: Any, symmetric: Any, per_channel: Any) -> tuple:
+    """The arguments of `ranges`, checked (a `DataError` names the bad one)."""
     if method not in METHODS:
         raise DataError(f"Expected `method` to be one of {', '.join(map(repr, METHODS))}. Received: method={method!r}.")
     if isinstance(percentile, bool) or not isinstance(percentile, (int, float, np.integer, np.floating)) or not (
@@ -187,7 +188,7 @@ def ranges(calibration: Any, method: str = "minmax", *, percentile: float = 99.9
         >>> exact.high == max(-stats["d"].min, stats["d"].max), clipped.high < exact.high
         (True, True)
     """
-    method, percentile, bits, symmetric, per_channel = _check(method, percentile, bits, symmetric, per_channel)
+    method, percentile, bits, symmetric, per_channel = check_settings(method, percentile, bits, symmetric, per_channel)
     if not len(calibration):
         raise DataError("Expected a calibration with at least one point. Received: an empty Calibration.")
     if per_channel:
