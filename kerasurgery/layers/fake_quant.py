@@ -99,12 +99,14 @@ class FakeQuant(keras.layers.Layer):
                     "calibrated on."
                 )
 
-    def call(self, inputs: Any) -> Any:
+    def call(self, inputs: Any, training: Any = None) -> Any:
         rank = len(inputs.shape)
         scale = self._broadcast(ops.cast(self.scale, inputs.dtype), rank)
         zero = self._broadcast(ops.cast(self.zero_point, inputs.dtype), rank)
-        codes = ops.clip(ops.round(inputs / scale) + zero, self.qmin, self.qmax)
-        value = (codes - zero) * scale
+        # clip(round(x / s) + z, qmin, qmax) - z == clip(round(x / s), qmin - z, qmax - z): z is an integer
+        value = ops.clip(ops.round(inputs / scale), self.qmin - zero, self.qmax - zero) * scale
+        if training is False:  # inference (predict, kerasurgery's runs): no gradient to pass
+            return value
         return _straight_through(inputs, value, (self.qmin - zero) * scale, (self.qmax - zero) * scale)
 
     def compute_output_shape(self, input_shape: Any) -> Any:

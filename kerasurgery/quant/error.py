@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from typing import Any
 
 import keras
@@ -171,6 +172,30 @@ def _pair_model(model: keras.Model, quantized: keras.Model, chosen: list[str], k
     return both, [(p, out) for p, _, _, out in pairs]
 
 
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # quantized -> {key: (model ref, plan, pairs)}
+
+
+def _plan(model: keras.Model, quantized: keras.Model, chosen: list[str], keys: dict[str, str]) -> tuple:
+    """The pair model and its compiled step, cached per (model, quantized, points): traced once."""
+    cache = _PLANS.setdefault(quantized, {})
+    key = (id(model), tuple(chosen))
+    hit = cache.get(key)
+    if hit is not None and hit[0]() is model:
+        return hit[1], hit[2]
+    both, pairs = _pair_model(model, quantized, chosen, keys)
+    count = len(pairs)
+
+    def post(outputs: Any) -> tuple:
+        flat = keras.tree.flatten(outputs)
+        sums = ops.stack([_reduce(flat[2 * i], flat[2 * i + 1]) for i in range(count)])
+        counts = ops.stack([ops.cast(ops.size(flat[2 * i]), "int32") for i in range(count)])
+        return sums, counts
+
+    plan = Plan(both, [], {}, backend.Step(both, False, post))
+    cache[key] = (weakref.ref(model), plan, pairs)
+    return plan, pairs
+
+
 class _Sums:
     """The sink: adds up each batch's four numbers per pair (float64) and counts values."""
 
@@ -244,17 +269,9 @@ def quantization_error(model: keras.Model, quantized: keras.Model, data: Any, po
         )
     chosen = list(keys) if points is None else select(list(keys), points, what="points",
                                                        owner=f"the quantized points of '{quantized.name}'")
-    both, pairs = _pair_model(model, quantized, chosen, keys)
-
-    def post(outputs: Any) -> tuple:
-        flat = keras.tree.flatten(outputs)
-        sums = ops.stack([_reduce(flat[2 * i], flat[2 * i + 1]) for i in range(len(pairs))])
-        counts = ops.stack([ops.cast(ops.size(flat[2 * i]), "int32") for i in range(len(pairs))])
-        return sums, counts
-
-    plan = Plan(both, [], {}, backend.Step(both, False, post))
+    plan, pairs = _plan(model, quantized, chosen, keys)
     sink = _Sums(len(pairs))
-    samples = run(plan, adapt(data, both, batch_size=batch_size, steps=steps), sink, progress=progress)
+    samples = run(plan, adapt(data, plan.probe, batch_size=batch_size, steps=steps), sink, progress=progress)
     return QuantizationErrors(((p, PointError.from_sums(p, sink.sums[i], int(sink.counts[i]), out))
                                for i, (p, out) in enumerate(pairs)), model=model.name, samples=samples)
 
