@@ -54,7 +54,15 @@ FIELDS = ("sqnr_db", "mse", "cosine", "max_abs")
 
 @dataclasses.dataclass(frozen=True)
 class PointError:
-    """The error of one point (see the module's table); `output`: a model output, not a quantized point."""
+    """The error of one point (see the module's table); `output`: a model output, not a quantized point.
+
+    Example:
+        >>> import numpy as np
+        >>> x, q = np.array([1.0, -2.0, 3.0]), np.array([1.0, -2.0, 2.5])
+        >>> e = PointError.from_sums("d:pre", [x @ x, x @ q, (x - q) @ (x - q), 0.5], count=3)
+        >>> round(e.sqnr_db, 2), e.mse == 0.25 / 3, e.max_abs
+        (17.48, True, 0.5)
+    """
 
     address: str
     sqnr_db: float
@@ -94,6 +102,11 @@ class QuantizationErrors(dict):
 
     Attributes:
         model: the float model's name; samples: how many input samples were compared.
+
+    Example:
+        >>> errors = QuantizationErrors({"d:pre": PointError("d:pre", 40.0, 1e-4, 0.9999, 0.01, 12)}, model="m")
+        >>> errors.worst.address, errors.to_dict()["points"]["d:pre"]["sqnr_db"]
+        ('d:pre', 40.0)
     """
 
     def __init__(self, items: Any = (), *, model: str | None = None, samples: int = 0):
