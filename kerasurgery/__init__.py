@@ -63,6 +63,13 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "PointStats": ("kerasurgery.stats.results", "PointStats"),
     "merge": ("kerasurgery.stats.results", "merge"),
     "ActivationRecorder": ("kerasurgery.recorder", "ActivationRecorder"),
+    # quantization
+    "Range": ("kerasurgery.quant.ranges", "Range"),
+    "Ranges": ("kerasurgery.quant.ranges", "Ranges"),
+    "fake_quantize": ("kerasurgery.quant.fake", "fake_quantize"),
+    "quantization_error": ("kerasurgery.quant.error", "quantization_error"),
+    "QuantizationErrors": ("kerasurgery.quant.error", "QuantizationErrors"),
+    "PointError": ("kerasurgery.quant.error", "PointError"),
     "compare": ("kerasurgery.equivalence", "compare"),
     # gradients and attribution
     "gradients": ("kerasurgery.engines.dispatch", "gradients"),  # in process, or on Ray for a ray.data.Dataset
@@ -124,6 +131,9 @@ if TYPE_CHECKING or "sphinx" in sys.modules:  # static names for type checkers a
     from kerasurgery.passes.probe_pair import probe_pair
     from kerasurgery.passes.split import split_activations
     from kerasurgery.passes.taps import insert_taps
+    from kerasurgery.quant.error import PointError, QuantizationErrors, quantization_error
+    from kerasurgery.quant.fake import fake_quantize
+    from kerasurgery.quant.ranges import Range, Ranges
     from kerasurgery.recorder import ActivationRecorder
     from kerasurgery.runtime.activations import Activations, load_activations
     from kerasurgery.engines.dispatch import calibrate, collect, gradients

@@ -419,7 +419,7 @@ class TestDemo:
         assert code == 0, err
         written = sorted(os.listdir(tmp_path / "demo"))
         pictures = ["inputs.png", "feature_maps_conv_1.png", "feature_maps_conv_2.png", "histograms.png", "graph.png",
-                    "attention.png", "grad_cam.png"]
+                    "attention.png", "grad_cam.png", "quantization.png"]
         assert written == sorted(pictures + ["shapes_cnn.keras", "shapes.npy", "features.h5"])
         from kerasurgery.cli.demo import FILES
 
@@ -433,7 +433,7 @@ class TestDemo:
             assert min(image.shape[:2]) > 150 and image.std() > 0.01, name
         for step in ("1. ", "2. Logits", "3. Split", "4. Probe pair", "5. Collect", "6. Calibrate",
                      "7. Transfer", "8. Attention", "9. Interventions", "10. Surgery", "11. Pruning", "12. Grad-CAM",
-                     "13. Files"):
+                     "13. Quantization", "14. Files"):
             assert step in out
         assert str(tmp_path / "demo") in out
         # the files it leaves are what the next commands it suggests need

@@ -44,6 +44,7 @@ WRITES = {
     "10_patching.py": ["patched.keras"],
     "11_pruning.py": ["pruned_folded.keras"],
     "12_grad_cam.py": ["grad_cam.png"],
+    "13_quantization.py": ["quantized.keras", "sqnr.png", "ranges.json", "calib.cache"],
 }
 
 #: Examples that need an optional package (skipped without it; CI's keras_hub step runs them).
@@ -62,6 +63,7 @@ JOBS = {
     "gradients and attribution": "12_grad_cam.py",
     "interventions": "10_patching.py",
     "pruning": "11_pruning.py",
+    "quantization": "13_quantization.py",
 }
 
 

@@ -156,6 +156,7 @@ JOBS = {
     "gradients and attribution": "12. Grad-CAM: maps = ks.grad_cam(model",
     "interventions": "9. Interventions: ks.patch(model, {'mha:scores': ('ablate', mask)})",
     "pruning": "pruned = ks.delete_channels(model, 'conv_2', order[:4])",
+    "quantization": "13. Quantization: q = ks.fake_quantize(model, stats.ranges('mse'))",
 }
 
 

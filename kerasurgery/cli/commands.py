@@ -15,6 +15,7 @@ import kerasurgery.layers  # noqa: F401 - registers the project's layers before 
 from kerasurgery.errors import DataError
 
 EXIT_CHECK_FAILED = 1  # a check the command runs (split's equality) failed
+from kerasurgery.cli.quantize import check_exports, cmd_quantize_check, export_ranges  # noqa: F401 - a command
 from kerasurgery.keras_internals import all_layers
 from kerasurgery.runtime.h5 import written_to
 
@@ -320,6 +321,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.histograms:
         _output(args, args.histograms, (".png", ".svg", ".pdf"), "an image file", flag="--histograms",
                 also={"output": args.output})
+    check_exports(args)
     model = _load(args)
     if args.ray:
         data, options = _on_ray(args, model)
@@ -339,6 +341,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"ranges of {len(rows)} point(s) over {count} sample(s):")
     print(format_table(rows, ("address", "min", "max", "mean", "std", "zeros")))
     print(f"wrote {args.output}")
+    export_ranges(stats, model, args)
     if args.histograms:
         import matplotlib.pyplot as plt
 

@@ -122,7 +122,7 @@ def _fmt(values: Any) -> str:
 
 #: Every file `run` writes into its folder (what ``kerasurgery demo --overwrite`` replaces).
 FILES = ("inputs.png", "feature_maps_conv_1.png", "feature_maps_conv_2.png", "histograms.png", "graph.png",
-         "attention.png", "grad_cam.png", "shapes_cnn.keras", "shapes.npy", "features.h5")
+         "attention.png", "grad_cam.png", "quantization.png", "shapes_cnn.keras", "shapes.npy", "features.h5")
 
 
 class _Writer:
@@ -220,6 +220,7 @@ def run(out: str = "kerasurgery-demo", *, epochs: int = 4, seed: int = 0,
     _surgery_step(ks, model, x_test, echo)
     _pruning_step(ks, model, x_test, y_test, echo)
     maps = _grad_cam_step(ks, model, x_test, echo)
+    errors = _quantization_step(ks, model, stats, x_test, y_test, echo)
 
     _pictures(ks, files, model, x_test, y_test, acts, stats)
     files.save("attention", ks.plot.attention(scores, tokens=sentence, title="mha:scores of: " + " ".join(sentence)))
@@ -227,17 +228,19 @@ def run(out: str = "kerasurgery-demo", *, epochs: int = 4, seed: int = 0,
     titles = [f"#{i} predicted {CLASSES[c]}" for i, c in enumerate(predicted)]
     files.save("grad_cam", ks.plot.heatmaps(x_test[:6], maps, titles=titles, columns=6, label="Grad-CAM at conv_3",
                                             title="where conv_3 sees evidence for the predicted class"))
+    files.save("quantization", ks.plot.sqnr(errors, threshold=25, title="8-bit fake quantization: SQNR per point"))
     files.written["model"] = os.path.join(out, "shapes_cnn.keras")
     model.save(files.written["model"])
     files.written["data"] = os.path.join(out, "shapes.npy")
     np.save(files.written["data"], x_test[:64])
-    echo(f"\n13. Files written to {out}:")
+    echo(f"\n14. Files written to {out}:")
     for name, path in files.written.items():
         echo(f"   {os.path.basename(path):24s} {_CAPTIONS[name]}")
     model_path, data_path = (os.path.relpath(files.written[k]) for k in ("model", "data"))
     echo(f"\nDone in {time.perf_counter() - start:.0f} s. Try the command line on the demo's model:")
     echo(f"   kerasurgery inspect {model_path}")
     echo(f"   kerasurgery calibrate {model_path} --data {data_path} --points '*:pre' -o ranges.json")
+    echo(f"   kerasurgery quantize-check {model_path} --data {data_path} --method mse")
     return files.written
 
 
@@ -250,6 +253,7 @@ _CAPTIONS = {
     "graph": "the model's graph; exposed points in red",
     "attention": "the attention weights of both heads, query tokens by key tokens",
     "grad_cam": "Grad-CAM heatmaps at conv_3 over six inputs, for the predicted classes",
+    "quantization": "SQNR of every pre-activation after 8-bit fake quantization, in depth order",
     "model": "the trained model, for `kerasurgery inspect` and friends",
     "data": "64 test images (N, 32, 32, 1), for --data",
 }
@@ -407,6 +411,20 @@ def _grad_cam_step(ks: Any, model: Any, x_test: Any, echo: Any) -> np.ndarray:
     echo("   ks.gradients(model, x, ['conv_3', 'dense:pre'], target=<a function of the outputs>) -> "
          + ", ".join(f"{a} {g.shape}" for a, g in grads.items()))
     return maps
+
+
+def _quantization_step(ks: Any, model: Any, stats: Any, x_test: Any, y_test: Any, echo: Any) -> Any:
+    ranges = stats.ranges("mse")  # the clipping range minimising the expected 8-bit error, from the histograms
+    quantized = ks.fake_quantize(model, ranges)
+    errors = ks.quantization_error(model, quantized, x_test)
+    accuracy = float((_numpy(quantized(x_test, training=False)).argmax(axis=-1) == y_test).mean())
+    echo("\n13. Quantization: q = ks.fake_quantize(model, stats.ranges('mse')) (8-bit quantize-dequantize at "
+         "every :pre); ks.quantization_error(model, q, x)")
+    for line in errors.table().splitlines():
+        echo(f"   {line}")
+    worst = errors.worst
+    echo(f"   lowest SQNR: {worst.address} ({worst.sqnr_db:.1f} dB); fake-quantized test accuracy {accuracy:.2f}")
+    return errors
 
 
 def _log_confidence(probabilities: Any) -> Any:

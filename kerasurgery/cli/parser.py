@@ -142,6 +142,19 @@ def _overwrite(p: argparse.ArgumentParser) -> None:
                    help="replace existing output files (never the command's own inputs)")
 
 
+def _range_options(p: argparse.ArgumentParser, *, default: str | None) -> None:
+    """``--method``, ``--percentile``, ``--bits``, ``--symmetric``: how ranges are made from statistics."""
+    p.add_argument("--method", choices=("minmax", "percentile", "entropy", "mse"), default=default,
+                   help="how each point's clipping range is chosen"
+                   + (f" ({default})" if default else " (with --export: minmax unless given)"))
+    p.add_argument("--percentile", type=float, default=99.99, metavar="P",
+                   help="for --method percentile: the percentile of |x| kept, in (0, 100] (99.99)")
+    p.add_argument("--bits", type=int, default=8, metavar="B", help="code width, 2 to 16 (8)")
+    p.add_argument("--symmetric", choices=("auto", "signed", "asymmetric"), default="auto",
+                   help="auto: unsigned codes for non-negative points, signed for the others; signed: always; "
+                   "asymmetric: with a zero point (auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``kerasurgery`` command."""
     parser = _Parser(prog="kerasurgery", description="See inside and rewrite Keras 3 models.",
@@ -158,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Build and briefly train a small CNN on shapes it draws itself, then "
                        "show logits, a split model, a probe pair, collected activations, calibration "
                        "ranges, a nested point, attention weights, head ablation, graph surgery, pruning "
-                       "and Grad-CAM. Writes feature maps, histograms, attention, Grad-CAM and graph pictures.")
+                       "Grad-CAM and 8-bit fake quantization. Writes feature maps, histograms, attention, Grad-CAM, SQNR and graph pictures.")
     _output(p, "DIR", "output folder (./kerasurgery-demo)", default="kerasurgery-demo", alias="--out")
     p.add_argument("--epochs", type=int, default=4, metavar="N", help="training epochs (4)")
     _overwrite(p)
@@ -267,10 +280,32 @@ def build_parser() -> argparse.ArgumentParser:
                    f"histograms too ({DEFAULT_SAMPLE})")
     p.add_argument("--histograms", metavar="FILE.png", help="also draw the histograms")
     p.add_argument("--max-plots", type=int, default=16, metavar="N", help="at most N histogram panels (16)")
+    _range_options(p, default=None)
+    p.add_argument("--export", nargs="+", action="extend", metavar="FILE",
+                   help="also write the --method ranges: FILE.json (the ranges with each point's tensor name; "
+                   "kerasurgery.Ranges.from_json reads it) and/or FILE.cache (a TensorRT calibration cache: "
+                   "8-bit, per tensor, symmetric)")
     _overwrite(p)
     _ray_arguments(p, resume="with --shards: reuse the statistics of the blocks found there")
     p.add_argument("--shards", metavar="DIR", help="with --ray: also write each block's statistics to DIR")
     p.set_defaults(func="cmd_calibrate")
+
+    p = sub.add_parser("quantize-check", parents=[model, flags],
+                       help="fake-quantize the model and print the error per point (SQNR, MSE, cosine)",
+                       description="Fake-quantize the model at the points (quantize-dequantize, as an integer "
+                       "engine would) with ranges read from --ranges (calibrate --export FILE.json) or "
+                       "calibrated on --data with --method (default points: '*:pre'), then run both models over "
+                       "--data and print per point the SQNR (dB), MSE, cosine similarity and max abs error, in "
+                       "depth order, then the model's outputs.")
+    _data_arguments(p, required=True)
+    p.add_argument("--ranges", metavar="FILE.json", help="ranges written by `calibrate --export FILE.json`")
+    _range_options(p, default="entropy")
+    p.add_argument("--weights", action="store_true", help="also quantize the kernels (per output channel)")
+    _output(p, "errors.json", "also write the table as JSON", default="")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw SQNR per point")
+    p.add_argument("--threshold", type=float, default=None, metavar="DB", help="a line at this SQNR on --plot")
+    _overwrite(p)
+    p.set_defaults(func="cmd_quantize_check")
     return parser
 
 

@@ -15,6 +15,8 @@
 `BatchMean`,           vector, the value with masked units zeroed
 `AddVector`,
 `AblateUnits`
+`FakeQuant`            quantize-dequantize at a point (`fake_quantize`)
+`QuantizedWeights`     a layer called with its kernels quantized per channel
 =====================  ======================================================
 
 `kerasurgery.layers.kinds` classifies Keras layers (which offer ``:pre`` or
@@ -24,11 +26,12 @@
 """
 
 from kerasurgery.layers.attention_scores import AttentionScores
+from kerasurgery.layers.fake_quant import FakeQuant, QuantizedWeights
 from kerasurgery.layers.interventions import AblateUnits, AddVector, BatchMean, SetValue, ZeroValue
 from kerasurgery.layers.named_outputs import OutputNamedModel
 from kerasurgery.layers.pre_activation import PreActivation
 from kerasurgery.layers.tap import Tap
 from kerasurgery.layers.traced import NamedCall, SizedCall, VariableRead
 
-__all__ = ["AblateUnits", "AddVector", "AttentionScores", "BatchMean", "NamedCall", "OutputNamedModel", "PreActivation",
-           "SetValue", "SizedCall", "Tap", "VariableRead", "ZeroValue"]
+__all__ = ["AblateUnits", "AddVector", "AttentionScores", "BatchMean", "FakeQuant", "NamedCall", "OutputNamedModel",
+           "PreActivation", "QuantizedWeights", "SetValue", "SizedCall", "Tap", "VariableRead", "ZeroValue"]

@@ -17,6 +17,8 @@ with ``pip install kerasurgery[plot]``).
                    with a colour bar
 `save_activations` one PNG per point of a `kerasurgery.collect` result,
                    any rank, into a folder (never overwriting unless asked)
+`sqnr`             SQNR per point of `kerasurgery.quantization_error`, in
+                   depth order
 `graph`            the model's DAG (Graphviz when installed, else matplotlib)
 `save_graph`       a drawing of the DAG to .svg, .png or .pdf
 =================  ==========================================================
@@ -34,6 +36,7 @@ from kerasurgery.plot.distributions import histogram_pages, histograms
 from kerasurgery.plot.graph_figure import graph, save_graph
 from kerasurgery.plot.heatmaps import heatmaps
 from kerasurgery.plot.maps import feature_maps
+from kerasurgery.plot.quantization import sqnr
 
 __all__ = ["attention", "feature_maps", "graph", "heatmaps", "histogram_pages", "histograms", "save_activations",
-           "save_graph"]
+           "save_graph", "sqnr"]

@@ -263,6 +263,26 @@ class Calibration(dict):
                 text = f.read()
         return cls.from_dict(json.loads(text))
 
+    def ranges(self, method: str = "minmax", *, percentile: float = 99.99, bits: int = 8,
+               symmetric: bool | None = None, per_channel: bool = False) -> Any:
+        """Quantization ranges of every point: `kerasurgery.quant.methods.ranges` (see there).
+
+        ``method`` is ``"minmax"``, ``"percentile"``, ``"entropy"`` or ``"mse"``;
+        returns a `kerasurgery.Ranges` (``{address: Range}``). The quantization
+        package sits above this one, so it is imported here, on first use.
+
+        Example:
+            >>> import keras, numpy as np, kerasurgery as ks
+            >>> x = keras.Input((2,), name="x")
+            >>> model = keras.Model(x, keras.layers.Dense(1, name="d")(x))
+            >>> r = ks.calibrate(model, np.arange(8.0).reshape(4, 2), "x").ranges("minmax", bits=8)
+            >>> r["x"].low, r["x"].high, r["x"].kind
+            (0.0, 7.0, 'unsigned')
+        """
+        from kerasurgery.quant.methods import ranges  # lazy: quant is above stats (tests/test_layout.py)
+
+        return ranges(self, method, percentile=percentile, bits=bits, symmetric=symmetric, per_channel=per_channel)
+
     def merge(self, other: Calibration) -> Calibration:
         """Statistics over both shards of data; both must hold the same points."""
         if set(self) != set(other):
