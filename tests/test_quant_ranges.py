@@ -252,8 +252,12 @@ def test_json_round_trip_is_exact(calibrated, tmp_path):
         back = ks.Ranges.from_json(r.to_json())
         assert back.to_dict() == r.to_dict() and back.model == "ranges_model"
         assert all(isinstance(v, Range) for v in back.values())
-        r.to_json(tmp_path / "r.json")
+        r.to_json(tmp_path / "r.json", overwrite=True)
         assert ks.Ranges.from_json(tmp_path / "r.json").to_dict() == r.to_dict()
+    before = (tmp_path / "r.json").read_text()
+    with pytest.raises(ks.DataError, match=r"Expected a new file for the ranges\. Received: .*r\.json', which exists"):
+        stats.ranges("mse").to_json(tmp_path / "r.json")  # nothing overwritten unless asked
+    assert (tmp_path / "r.json").read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
     channel = ks.calibrate(calibrated[0], calibrated[1], "d:pre", per_channel=True).ranges(per_channel=True)
     back = ks.Ranges.from_json(channel.to_json())
     np.testing.assert_array_equal(back["d:pre"].scale, channel["d:pre"].scale)

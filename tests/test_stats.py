@@ -327,6 +327,10 @@ class TestExport:
         data = sample_inputs(model, batch=N)
         stats = ks.calibrate(model, data, ["conv:pre", "gap"], batch_size=8, progress=False)
         text = stats.to_json(tmp_path / "stats.json", indent=1)
+        with pytest.raises(ks.DataError, match="Expected a new file for the statistics"):
+            stats.to_json(tmp_path / "stats.json")  # nothing overwritten unless asked
+        assert (tmp_path / "stats.json").read_text() == text
+        assert json.loads(stats.to_json(tmp_path / "stats.json", overwrite=True)) == json.loads(text)
         d = json.loads(text)
         assert d["model"] == "cnn_bn"
         point = d["points"]["conv:pre"]

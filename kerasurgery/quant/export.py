@@ -45,7 +45,7 @@ from kerasurgery.ir.from_keras import graph_for
 from kerasurgery.ir.resolve import Resolver
 from kerasurgery.layers import kinds
 from kerasurgery.passes.split import split_activations_pass
-from kerasurgery.runtime.h5 import written_to
+from kerasurgery.runtime.h5 import write_text
 
 #: The header TensorRT 8.6.1 writes for ``IInt8EntropyCalibrator2`` (the calibrator to read the cache with).
 DEFAULT_HEADER = "TRT-8601-EntropyCalibration2"
@@ -190,12 +190,7 @@ def write_tensorrt_cache(ranges: Mapping, path: Any, *, names: Any = None, heade
         ('TRT-8601-EntropyCalibration2', 3)
     """
     lines, mapping = tensorrt_lines(ranges, names, header)
-    path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise DataError(f"Expected a new file for the calibration cache. Received: {path!r}, which exists; pass "
-                        "overwrite=True to replace it.")
-    with written_to(path) as temp:
-        temp.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n", overwrite=overwrite, what="calibration cache")
     return mapping
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from kerasurgery.errors import DataError
+from kerasurgery.runtime.h5 import write_text
 
 FORMAT = "kerasurgery-ranges"
 VERSION = 1
@@ -247,15 +248,16 @@ class Ranges(dict):
                 "symmetric": self.symmetric, "percentile": self.percentile, "per_channel": self.per_channel,
                 "points": points}
 
-    def to_json(self, path: Any = None, *, indent: int | None = None, names: Any = None) -> str:
+    def to_json(self, path: Any = None, *, indent: int | None = None, names: Any = None,
+                overwrite: bool = False) -> str:
         """The ranges as JSON text, also written to `path` if given; `from_json` reads it back exactly.
 
-        `names` adds each point's tensor name (see `to_dict`).
+        `names` adds each point's tensor name (see `to_dict`). An existing
+        `path` is refused unless `overwrite`.
         """
         text = json.dumps(self.to_dict(names=names), indent=indent)
         if path is not None:
-            with open(os.fspath(path), "w") as f:
-                f.write(text)
+            write_text(path, text, overwrite=overwrite, what="ranges")
         return text
 
     @classmethod

@@ -103,6 +103,33 @@ def written_to(path: Any) -> Iterator[Path]:
             os.unlink(temp)
 
 
+def write_text(path: Any, text: str, *, overwrite: bool = False, what: str = "file") -> None:
+    """Write `text` to `path` through `written_to`; an existing `path` is refused unless `overwrite`.
+
+    Raises:
+        DataError: `path` exists and `overwrite` is False.
+
+    Example:
+        >>> import os, tempfile
+        >>> target = os.path.join(tempfile.mkdtemp(), "ranges.json")
+        >>> write_text(target, "{}")
+        >>> write_text(target, "[]")
+        Traceback (most recent call last):
+        ...
+        kerasurgery.errors.DataError: Expected a new file for the file. Received: ...
+        >>> write_text(target, "[]", overwrite=True); open(target).read()
+        '[]'
+    """
+    from kerasurgery.errors import DataError
+
+    path = os.fspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise DataError(f"Expected a new file for the {what}. Received: {path!r}, which exists. Pass "
+                        "overwrite=True to replace it, or choose another path.")
+    with written_to(path) as temp:
+        temp.write_text(text)
+
+
 class PendingFile:
     """An HDF5 file written under a hidden temporary name, renamed into place when complete.
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from kerasurgery.errors import DataError
+from kerasurgery.runtime.h5 import write_text
 from kerasurgery.stats import grid
 from kerasurgery.stats.moments import Moments
 
@@ -242,12 +243,11 @@ class Calibration(dict):
     def to_dict(self) -> dict:
         return {"model": self.model, "points": {a: s.to_dict() for a, s in self.items()}}
 
-    def to_json(self, path: Any = None, *, indent: int | None = None) -> str:
-        """The statistics as JSON text, also written to `path` if given."""
+    def to_json(self, path: Any = None, *, indent: int | None = None, overwrite: bool = False) -> str:
+        """The statistics as JSON text, also written to `path` if given (a new file unless `overwrite`)."""
         text = json.dumps(self.to_dict(), indent=indent)
         if path is not None:
-            with open(os.fspath(path), "w") as f:
-                f.write(text)
+            write_text(path, text, overwrite=overwrite, what="statistics")
         return text
 
     @classmethod
