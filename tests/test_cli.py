@@ -400,6 +400,24 @@ class TestCalibrate:
         assert plt.imread(png).shape[0] > 100
         assert "conv:pre" in out
 
+    def test_histograms_draw_every_point_on_pages(self, capsys, files, tmp_path):
+        """Every point gets a panel: beyond --max-plots, hist-2.png, hist-3.png, ...; all checked first."""
+        points = ks.points(zoo.cnn_bn(), lambda p: ":" not in p and p != "image")  # the default: layer outputs
+        args = ["calibrate", files["cnn_bn"], "--data", files["images"], "-o", tmp_path / "r.json",
+                "--histograms", tmp_path / "hist.png", "--max-plots", "2", "--quiet"]
+        pages = -(-len(points) // 2)
+        (tmp_path / f"hist-{pages}.png").write_text("mine")
+        code, out, err = run(capsys, *args)
+        assert code != 0 and f"hist-{pages}.png" in err and "--overwrite" in err
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f"hist-{pages}.png"]  # nothing written
+        (tmp_path / f"hist-{pages}.png").unlink()
+        code, out, err = run(capsys, *args)
+        assert code == 0, err
+        names = ["hist.png"] + [f"hist-{k}.png" for k in range(2, pages + 1)]
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names + ["r.json"])
+        assert all(f"wrote {tmp_path / name}" in out for name in names)
+        assert all(plt.imread(tmp_path / name).shape[0] > 100 for name in names)
+
     def test_sample(self, capsys, files, tmp_path):
         counts = {}
         for sample in ("all", "4"):

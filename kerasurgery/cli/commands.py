@@ -323,6 +323,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 also={"output": args.output})
     check_exports(args)
     model = _load(args)
+    pictures = _histogram_pages(args, model) if args.histograms else []
     if args.ray:
         data, options = _on_ray(args, model)
         options["shards"] = args.shards
@@ -342,17 +343,40 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(format_table(rows, ("address", "min", "max", "mean", "std", "zeros")))
     print(f"wrote {args.output}")
     export_ranges(stats, model, args)
-    if args.histograms:
+    for page, path in enumerate(pictures):
         import matplotlib.pyplot as plt
 
-        fig = ks.plot.histograms(stats, log=True, max_points=args.max_plots, title=f"{model.name}: calibration")
+        fig = ks.plot.histograms(stats, log=True, max_points=args.max_plots, page=page,
+                                 title=f"{model.name}: calibration")
         try:
-            with written_to(args.histograms) as temp:
+            with written_to(path) as temp:
                 fig.savefig(temp, dpi=100)
         finally:
             plt.close(fig)
-        print(f"wrote {args.histograms}")
+        print(f"wrote {path}")
     return 0
+
+
+def _histogram_pages(args: argparse.Namespace, model: Any) -> list[str]:
+    """The files of every page of `--histograms` (``hist.png``, ``hist-2.png``, ...), each checked now.
+
+    Every point gets a panel: with more points than `--max-plots`, page
+    ``k`` (from 1) goes to ``<stem>-k<suffix>``; none may exist unless
+    `--overwrite`, and all are checked before anything runs.
+    """
+    import math
+
+    from kerasurgery.errors import DataError
+    from kerasurgery.runtime.plan import resolve
+
+    if args.max_plots < 1:
+        raise DataError(f"Expected --max-plots to be a positive number of panels. Received: {args.max_plots}.")
+    pages = max(1, math.ceil(len(resolve(model, args.points or None)) / args.max_plots))
+    stem, suffix = os.path.splitext(args.histograms)
+    paths = [args.histograms] + [f"{stem}-{k}{suffix}" for k in range(2, pages + 1)]
+    for path in paths[1:]:
+        _output(args, path, (suffix,), "an image file", flag="--histograms", also={"output": args.output})
+    return paths
 
 
 def _save_model(model: Any, path: str) -> None:

@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
                    f"point (count, min, max, mean and std always see every value); 'all' for exact "
                    f"histograms too ({DEFAULT_SAMPLE})")
     p.add_argument("--histograms", metavar="FILE.png", help="also draw the histograms")
-    p.add_argument("--max-plots", type=int, default=16, metavar="N", help="at most N histogram panels (16)")
+    p.add_argument("--max-plots", type=int, default=16, metavar="N", help="histogram panels per picture; more points go to FILE-2.png, FILE-3.png, ... (16)")
     _range_options(p, default=None)
     p.add_argument("--export", nargs="+", action="extend", metavar="FILE",
                    help="also write the --method ranges: FILE.json (the ranges with each point's tensor name; "
