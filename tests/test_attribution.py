@@ -12,7 +12,8 @@ import pytest
 from keras import layers, ops
 
 import kerasurgery as ks
-from test_gradients import BACKEND, own_autodiff
+from reference import own_autodiff
+from test_gradients import BACKEND
 from zoo import assert_unchanged, multi_io, snapshot, to_numpy
 
 

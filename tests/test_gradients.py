@@ -13,6 +13,7 @@ from keras import layers, ops
 
 import kerasurgery as ks
 from kerasurgery.ir.schema import fill, flatten_structure, topological_order
+from reference import own_autodiff
 from zoo import assert_unchanged, cnn_bn, dropout, multi_io, snapshot, to_numpy
 
 BACKEND = keras.backend.backend()
@@ -137,27 +138,6 @@ def test_gradients_equal_central_differences(float64, factory, point, node, cls)
     expected = finite_differences(split, x, node, lambda v: v[head][0][:, cls], eps)
     assert got.dtype == np.float64 and got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol)
-
-
-def own_autodiff(fn, x):
-    """d sum(fn(x)) / d x with the backend's own autodiff (the reference, written by hand)."""
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        x = tf.convert_to_tensor(x)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            total = tf.reduce_sum(fn(x))
-        return tape.gradient(total, x).numpy()
-    if BACKEND == "jax":
-        import jax
-
-        return np.asarray(jax.grad(lambda v: fn(v).sum())(x))
-    import torch
-
-    x = torch.tensor(x, requires_grad=True)
-    fn(x).sum().backward()
-    return x.grad.numpy()
 
 
 @pytest.mark.backend

@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 import numpy as np
 
 from kerasurgery.errors import DataError
-from kerasurgery.runtime.h5 import write_text
+from kerasurgery.runtime.h5 import json_text, write_text
 
 FORMAT = "kerasurgery-ranges"
 VERSION = 1
@@ -283,12 +282,8 @@ class Ranges(dict):
     @classmethod
     def from_json(cls, text_or_path: Any) -> Ranges:
         """Read `to_json` output, given as the text itself or a file path."""
-        text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
-            with open(os.fspath(text_or_path)) as f:
-                text = f.read()
         try:
-            d = json.loads(text)
+            d = json.loads(json_text(text_or_path))
         except json.JSONDecodeError as e:
             raise DataError(f"Expected ranges as JSON. Received: text that is not JSON ({e}).") from None
         return cls.from_dict(d)

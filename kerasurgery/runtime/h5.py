@@ -130,6 +130,20 @@ def write_text(path: Any, text: str, *, overwrite: bool = False, what: str = "fi
         temp.write_text(text)
 
 
+def json_text(text_or_path: Any) -> str:
+    """JSON text given as itself (it starts with ``{``) or as the path of a file holding it.
+
+    Example:
+        >>> json_text(' {"a": 1}')
+        ' {"a": 1}'
+    """
+    text = str(text_or_path)
+    if not text.lstrip().startswith("{"):
+        with open(os.fspath(text_or_path)) as f:
+            text = f.read()
+    return text
+
+
 class PendingFile:
     """An HDF5 file written under a hidden temporary name, renamed into place when complete.
 

@@ -14,13 +14,12 @@ round-trip exactly through JSON.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import numpy as np
 
 from kerasurgery.errors import DataError
-from kerasurgery.runtime.h5 import write_text
+from kerasurgery.runtime.h5 import json_text, write_text
 from kerasurgery.stats import grid
 from kerasurgery.stats.moments import Moments
 
@@ -257,11 +256,7 @@ class Calibration(dict):
     @classmethod
     def from_json(cls, text_or_path: Any) -> Calibration:
         """Read `to_json` output, given as the text itself or a file path."""
-        text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
-            with open(os.fspath(text_or_path)) as f:
-                text = f.read()
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(json.loads(json_text(text_or_path)))
 
     def ranges(self, method: str = "minmax", *, percentile: float = 99.99, bits: int = 8,
                symmetric: bool | None = None, per_channel: bool = False) -> Any:
