@@ -147,3 +147,28 @@ def test_fixed_batch_size_in_training_mode_refuses_a_short_batch():
     with pytest.raises(ks.DataError, match="exactly 4 samples.*training mode.*Received: a batch of 2"):
         ks.collect(model, data[:6], ["bn"], training=True)
     assert_unchanged(model, before)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a TensorFlow log message")
+def test_new_models_in_a_loop_do_not_warn_about_retracing():
+    """Each new model is traced once; TensorFlow's 'triggered tf.function retracing' advice is not for the user."""
+    import logging
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = Keep()
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    try:
+        data = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
+        for i in range(8):
+            x = keras.Input((3,), name="x")
+            model = keras.Model(x, keras.layers.Dense(2 + i, activation="relu", name="d")(x))
+            ks.calibrate(model, data, "d:pre", progress=False)
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in records if "retracing" in r], records

@@ -13,6 +13,7 @@ the function that needs it.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,27 @@ def count_bins(index: Any, length: int) -> Any:
     if name() == "jax":
         return ops.segment_sum(ops.ones_like(index), index, num_segments=length, sorted=False)
     return ops.bincount(index, minlength=length)
+
+
+class _OwnRetracing(logging.Filter):
+    """Drops TensorFlow's "triggered tf.function retracing" warning about this module's own steps.
+
+    Every new model (or point selection) gets a new compiled step, traced
+    once: TensorFlow counts those first traces as retracing and tells the
+    user to restructure code that is not theirs. Warnings about other
+    functions pass.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message and "Step._compile_tf" in message)
+
+
+def _quiet_own_retracing() -> None:
+    """Install `_OwnRetracing` on TensorFlow's logger, once."""
+    logger = logging.getLogger("tensorflow")
+    if not any(isinstance(f, _OwnRetracing) for f in logger.filters):
+        logger.addFilter(_OwnRetracing())
 
 
 class Step:
@@ -111,6 +133,8 @@ class Step:
 
     def _compile_tf(self, trim: int | None, dims: tuple) -> Callable:
         import tensorflow as tf
+
+        _quiet_own_retracing()
 
         flat = [tf.TensorSpec((t.shape[0], *shape), t.dtype) for t, shape in zip(self._inputs, dims)]
         inputs_spec = keras.tree.pack_sequence_as(self._structure, flat)
