@@ -50,7 +50,8 @@ def main(out: str) -> None:
 
     # 1. statistics of every pre-activation (exact histograms: sample=None)
     stats = ks.calibrate(model, calibration, "*:pre", sample=None)
-    print(stats)
+    print(f"calibrated {len(stats)} points over {stats['conv_1:pre'].samples} samples:",
+          ", ".join(f"{a} [{s.min:.3f}, {s.max:.3f}]" for a, s in stats.items()))
     # 2. ranges by each method; 3. fake-quantize; 4. the error per point
     best = None
     for method in ("minmax", "percentile", "entropy", "mse"):
@@ -83,7 +84,7 @@ def main(out: str) -> None:
                                quantized.predict(test, verbose=0), atol=1e-6)
     fig = ks.plot.sqnr(errors, threshold=25)
     fig.savefig(os.path.join(out, "sqnr.png"), dpi=80)
-    ranges.to_json(os.path.join(out, "ranges.json"), indent=1, names=model)
+    ranges.to_json(os.path.join(out, "ranges.json"), indent=1, names=model, overwrite=True)
     names = ranges.to_tensorrt(os.path.join(out, "calib.cache"), names=model, overwrite=True)
     cache = read_tensorrt_cache(os.path.join(out, "calib.cache"))
     print("tensor names:", names)
