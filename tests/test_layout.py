@@ -97,6 +97,10 @@ def imports(name: str, path: Path, known: set[str], *, lazy: dict | None = None)
             targets = [f"{base}.{a.name}" for a in node.names]
             if not any(t in known for t in targets):  # names imported from a module, not submodules
                 targets = [base]
+            elif base in known and base != "kerasurgery" and name.startswith(base + ".") and path.name != "__init__.py":
+                # `from pkg import sub` inside pkg runs pkg/__init__ too: a cycle with it (the top
+                # package is exempt: its __init__ imports nothing, names load lazily)
+                targets.append(base)
         elif isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         else:

@@ -119,7 +119,7 @@ def _print_columns(rows: list[tuple[str, ...]]) -> None:
 
 #: The files `kerasurgery demo` writes into its folder (docs/cli.md lists them).
 def cmd_demo(args: argparse.Namespace) -> int:
-    from kerasurgery.cli import demo
+    import kerasurgery.cli.demo as demo
 
     existing = [name for name in demo.FILES if os.path.lexists(os.path.join(args.output, name))]
     if existing and not args.overwrite:

@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _quiet(prog, args.verbose):
             import_backend(verbose=args.verbose)
-            from kerasurgery.cli import commands
+            import kerasurgery.cli.commands as commands
 
             return getattr(commands, args.func)(args)
     except KerasurgeryError as e:

@@ -6,7 +6,7 @@ from typing import Any
 
 import keras
 
-from kerasurgery.layers import kinds
+from kerasurgery.layers.kinds import is_attention_layer
 from kerasurgery.layers.wrapper import LayerWrapper
 
 
@@ -35,7 +35,7 @@ class AttentionScores(LayerWrapper):
 
     @staticmethod
     def accepts(layer: Any) -> bool:
-        return kinds.is_attention_layer(layer)
+        return is_attention_layer(layer)
 
     def call(self, query, value, key=None, training=None, **kwargs):
         kwargs.pop("return_attention_scores", None)

@@ -6,7 +6,7 @@ from typing import Any
 
 import keras
 
-from kerasurgery.layers import kinds
+from kerasurgery.layers.kinds import SEPARABLE_LAYERS, SEPARABLE_QUANTIZATION_MODES
 from kerasurgery.layers.wrapper import LayerWrapper
 
 
@@ -42,15 +42,15 @@ class PreActivation(LayerWrapper):
 
     expected = (
         "a layer whose activation is applied last in call() "
-        f"({', '.join(c.__name__ for c in kinds.SEPARABLE_LAYERS)}), unquantized or quantized "
-        f"with a mode whose quantized call ends with the activation ({', '.join(kinds.SEPARABLE_QUANTIZATION_MODES)})"
+        f"({', '.join(c.__name__ for c in SEPARABLE_LAYERS)}), unquantized or quantized "
+        f"with a mode whose quantized call ends with the activation ({', '.join(SEPARABLE_QUANTIZATION_MODES)})"
     )
 
     @staticmethod
     def accepts(layer: Any) -> bool:
         mode = getattr(layer, "quantization_mode", None)
-        return isinstance(layer, kinds.SEPARABLE_LAYERS) and (
-            mode is None or mode in kinds.SEPARABLE_QUANTIZATION_MODES
+        return isinstance(layer, SEPARABLE_LAYERS) and (
+            mode is None or mode in SEPARABLE_QUANTIZATION_MODES
         )
 
     def __init__(self, layer: keras.layers.Layer, **kwargs):

@@ -7,7 +7,7 @@ from typing import Any
 import keras
 
 from kerasurgery.errors import TransformError
-from kerasurgery.layers import kinds
+from kerasurgery.layers.kinds import float_policy
 
 
 class LayerWrapper(keras.layers.Layer):
@@ -26,7 +26,7 @@ class LayerWrapper(keras.layers.Layer):
         if not self.accepts(layer):
             raise TransformError(f"Expected {self.expected}. Received: {layer!r}.")
         if getattr(layer, "dtype_policy", None) is not None:  # raw operations have none
-            kwargs.setdefault("dtype", kinds.float_policy(layer))
+            kwargs.setdefault("dtype", float_policy(layer))
         super().__init__(**kwargs)
         self.layer = layer
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from kerasurgery.address.selector import Selector, select
 from kerasurgery.errors import DataError
-from kerasurgery.plot import panels
+from kerasurgery.plot.panels import panel as panel_of
 from kerasurgery.plot._figure import grid, subplots
 
 _BAR = "#4c72b0"
@@ -185,7 +185,7 @@ def histograms(
             f"Expected `page` in [0, {pages}) ({len(names)} points, {size} a page). Received: page={page!r}."
         )
     shown = range(page * size, min(len(names), (page + 1) * size))
-    parts = [(name, panels.panel(name, data[name], bins)) for name in (names[i] for i in shown)]
+    parts = [(name, panel_of(name, data[name], bins)) for name in (names[i] for i in shown)]
     width = grid(len(shown))[1] * cell
     entries = 1 + (1 if any(p["min"] is not None for _, p in parts) else 0) + len(
         {pair for _, p in parts for pair in _pairs(p["percentiles"])})

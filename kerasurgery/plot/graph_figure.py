@@ -22,7 +22,7 @@ import networkx as nx
 from kerasurgery.errors import DataError
 from kerasurgery.ir.export import highlight_keys, to_dot
 from kerasurgery.ir.from_keras import as_graph
-from kerasurgery.plot import graph_drawing
+from kerasurgery.plot.graph_drawing import figure as drawing_figure
 from kerasurgery.plot.columns import ONE_COLUMN_ROWS
 
 ENGINES = ("auto", "graphviz", "matplotlib")
@@ -72,7 +72,7 @@ def draw(
     keys = highlight_keys(graph, highlight)
     if _engine(engine, graph) == "graphviz":
         return _graphviz_figure(graph, keys, title, show_shapes)
-    return graph_drawing.figure(graph, keys, title, show_shapes)
+    return drawing_figure(graph, keys, title, show_shapes)
 
 
 def save(model_or_graph: Any, path: str | os.PathLike, *, engine: str = "auto", **kwargs: Any) -> None:
