@@ -207,15 +207,7 @@ def cmd_split(args: argparse.Namespace) -> int:
         print(f"outputs equal the original's: {worst} ({where})")
     else:
         print(f"outputs DIFFER from the original's: {worst} ({where})")
-    if equal or args.force:
-        _save_model(split, args.output)
-        print(f"wrote {args.output}" + ("" if equal else " although its outputs differ (--force)"))
-    if not equal:
-        kept = "written anyway (--force)" if args.force else "nothing written (pass --force to write it anyway)"
-        print(f"kerasurgery split: error: the split model's outputs differ from the original's: {worst}; "
-              f"{kept}. This is likely a bug in kerasurgery; please report it.", file=sys.stderr)
-        return EXIT_CHECK_FAILED
-    return 0
+    return _save_checked(args, split, equal, worst, "split")
 
 
 def cmd_fold(args: argparse.Namespace) -> int:
@@ -238,15 +230,21 @@ def cmd_fold(args: argparse.Namespace) -> int:
         print(f"left {len(plan.kept)}:")
         _print_columns([(bn, reason) for bn, reason in plan.kept.items()])
     print(f"outputs {'equal' if equal else 'DIFFER from'} the original's: {worst} ({where})")
+    return _save_checked(args, folded, equal, worst, "fold")
+
+
+def _save_checked(args: argparse.Namespace, model: Any, equal: bool, worst: str, command: str) -> int:
+    """Write a rewritten model whose outputs matched the original's (or any, with --force); the exit status."""
     if equal or args.force:
-        _save_model(folded, args.output)
+        _save_model(model, args.output)
         print(f"wrote {args.output}" + ("" if equal else " although its outputs differ (--force)"))
-    if not equal:
-        kept = "written anyway (--force)" if args.force else "nothing written (pass --force to write it anyway)"
-        print(f"kerasurgery fold: error: the folded model's outputs differ from the original's: {worst}; "
-              f"{kept}. This is likely a bug in kerasurgery; please report it.", file=sys.stderr)
-        return EXIT_CHECK_FAILED
-    return 0
+    if equal:
+        return 0
+    kept = "written anyway (--force)" if args.force else "nothing written (pass --force to write it anyway)"
+    result = {"split": "split", "fold": "folded"}[command]
+    print(f"kerasurgery {command}: error: the {result} model's outputs differ from the original's: {worst}; "
+          f"{kept}. This is likely a bug in kerasurgery; please report it.", file=sys.stderr)
+    return EXIT_CHECK_FAILED
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
